@@ -1,0 +1,309 @@
+"""The ``cct`` command: train, eval, predict, info, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("compact_transformers")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------------ info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .models import complexity, create_model, get_preset, list_models
+
+    if args.all or args.pattern:
+        names = list_models(args.pattern or "*", kind=None if args.text else "vision")
+    elif args.models:
+        names = [get_preset(name).name for name in args.models]
+    else:
+        names = list_models("*", kind="vision")
+    rows = []
+    for name in names:
+        preset = get_preset(name)
+        model = create_model(name)
+        row = complexity(model, name).to_dict()
+        row.update(
+            family=preset.config["family"],
+            positional_embedding=preset.config.get("positional_embedding"),
+            weights=preset.weights_url,
+            weights_accuracy=preset.weights_accuracy,
+            paper_accuracy=preset.paper_accuracy or None,
+        )
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'model':<26} {'family':<9} {'PE':<9} {'params':>11} {'MACs':>9} {'tokens':>6} {'input':>8} {'classes':>7}  weights"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        size = "x".join(map(str, row["img_size"])) if row["img_size"] else "text"
+        weights = f"yes ({row['weights_accuracy']}%)" if row["weights_accuracy"] else ("yes" if row["weights"] else "")
+        print(
+            f"{row['name']:<26} {row['family']:<9} {row['positional_embedding']:<9} {row['params']:>11,} "
+            f"{row['macs'] / 1e9:>8.3f}G {row['tokens']:>6} {size:>8} {row['num_classes']:>7}  {weights}"
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.loop import load_run_config, train
+    from .training.recipe import RECIPES, TrainConfig, explicit_args, resolve_config
+    from .training.runtime import tune_cpu
+
+    tune_cpu()
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = load_run_config(run_dir)
+        changed = explicit_args(args)
+        allowed = {"epochs", "quiet", "time_limit", "device", "resume", "compile", "workers"}
+        refused = sorted(set(changed) - allowed)
+        if refused:
+            raise CliError(f"--resume continues a run as configured; these options cannot change: {refused}")
+        config = config.replace(**changed)
+        result = train(config, run_dir=run_dir, resume=True)
+    else:
+        recipe = args.recipe
+        if recipe == "auto":
+            dataset_given = explicit_args(args).get("dataset") or explicit_args(args).get("data")
+            recipe = "digits" if not dataset_given or explicit_args(args).get("dataset") == "digits" else "small"
+        if recipe not in RECIPES:
+            raise CliError(f"unknown recipe {recipe!r}; expected auto or one of: {', '.join(RECIPES)}")
+        config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
+        result = train(config)
+    return 130 if result.interrupted else 0
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+
+def _load_for_inference(source: str):
+    from .models import create_model, load_model
+    from .training.state import checkpoint_dir
+
+    path = Path(source)
+    if path.is_dir() and (path / "model").is_dir():
+        return load_model(path / "model"), path
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        best = path / "checkpoints" / "best"
+        return load_model(best if best.exists() else checkpoint_dir(path)), path
+    if path.exists():
+        return load_model(path), path.parent if path.is_file() else path
+    if source.count("/") == 0 and not source.endswith((".safetensors", ".pth", ".pt")):
+        return create_model(source, pretrained=True), None
+    raise CliError(f"model not found: {source} (expected a run directory, a saved model or a .safetensors file)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .augment import AugmentConfig, EvalTransform
+    from .data import load_dataset
+    from .training.metrics import evaluate
+    from .training.plots import plot_confusion
+    from .training.runtime import autocast_dtype, select_device, tune_cpu
+
+    tune_cpu()
+    model, run_dir = _load_for_inference(args.model)
+    config = model.config
+    dataset_name = args.dataset or (None if args.data else config.extra.get("dataset"))
+    data = load_dataset(dataset_name, args.data, val_fraction=args.val_fraction, seed=args.seed,
+                        image_size=config.img_size if dataset_name in ("folder", "flowers102", None) else None)
+    split = data.test if args.split == "test" else data.val
+    if split is None:
+        split, args.split = data.val, "val"
+    if data.num_classes != config.num_classes:
+        raise CliError(f"the model has {config.num_classes} classes, the dataset {data.name} {data.num_classes}")
+    device = select_device(args.device)
+    model = model.to(device)
+    transform = EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
+                                            randaugment=None))
+    result = evaluate(model, split.images.to(device), split.labels.to(device), transform, data.num_classes,
+                      batch_size=args.batch_size, autocast=autocast_dtype(device, not args.fp32))
+    classes = config.extra.get("classes") or list(data.classes)
+    out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path("eval"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "model": args.model, "dataset": data.name, "split": args.split, **result.summary(),
+        "per_class": dict(zip(classes, result.per_class_accuracy())),
+        "confusion": result.confusion.tolist(), "classes": classes,
+    }  # fmt: skip
+    (out_dir / f"eval_{data.name}_{args.split}.json").write_text(json.dumps(report, indent=2))
+    plot_confusion(result.confusion, classes, out_dir / f"confusion_{data.name}_{args.split}.png",
+                   title=f"{data.name} {args.split}: top-1 {result.top1:.2f}%")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{data.name} {args.split} ({result.count} images): top-1 {result.top1:.2f}%  "
+              f"top-5 {result.top5:.2f}%  loss {result.loss:.4f}")
+        worst = sorted(zip(report["per_class"].values(), classes))[:5]
+        print("lowest per-class accuracy: " + ", ".join(f"{name} {acc:.1f}%" for acc, name in worst))
+        print(f"report and confusion matrix in {out_dir}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- predict
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .augment import AugmentConfig, EvalTransform
+    from .data.images import IMAGE_EXTENSIONS, decode_image
+    from .training.runtime import autocast_dtype, select_device, tune_cpu
+
+    tune_cpu()
+    model, _ = _load_for_inference(args.model)
+    config = model.config
+    files: list[Path] = []
+    for item in args.inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise CliError(f"input not found: {path}")
+    if not files:
+        raise CliError(f"no images found in {' '.join(args.inputs)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    device = select_device(args.device)
+    model = model.to(device).eval()
+    transform = EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
+                                            randaugment=None))
+    classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
+    mode = "L" if config.in_chans == 1 else "RGB"
+    amp = autocast_dtype(device, not args.fp32)
+    top_k = min(args.top_k, config.num_classes)
+    for start in range(0, len(files), args.batch_size):
+        chunk = files[start : start + args.batch_size]
+        images, readable = [], []
+        for path in chunk:
+            try:
+                array = decode_image(path, config.img_size, mode)
+            except Exception as error:  # noqa: BLE001 - report and go on with the other files
+                print(f"warning: cannot read {path}: {error}", file=sys.stderr)
+                continue
+            tensor = torch.from_numpy(array)
+            images.append(tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1))
+            readable.append(path)
+        if not images:
+            continue
+        batch = transform(torch.stack(images).to(device))
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            probs = model(batch).float().softmax(dim=1)
+        values, indices = probs.topk(top_k, dim=1)
+        for path, row_values, row_indices in zip(readable, values.tolist(), indices.tolist()):
+            preds = [{"label": classes[i], "index": i, "probability": round(p, 6)} for p, i in zip(row_values, row_indices)]
+            if args.json:
+                print(json.dumps({"file": str(path), "predictions": preds}))
+            else:
+                print(f"{path}: " + ", ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in preds))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .integrations.export import export_model
+
+    model, _ = _load_for_inference(args.model)
+    path = export_model(model, args.output, fmt=args.format, opset=args.opset)
+    print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .training.recipe import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="cct", description="Compact Transformers: train from scratch on small data.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model (default: CCT-2 on the bundled digits)",
+                                description="Train with the paper's recipe. Precedence: recipe < --config YAML < options.")
+    train.add_argument("--config", help="YAML config: ours or the authors' timm-style files")
+    train.add_argument("--recipe", default="auto", help="auto (digits for the bundled data, else small), paper, small, digits")
+    add_config_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained model: top-1/top-5, per-class, confusion matrix")
+    evaluate.add_argument("model", help="run directory, saved model directory or .safetensors file")
+    evaluate.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+    evaluate.add_argument("--data", help="dataset path")
+    evaluate.add_argument("--split", choices=("val", "test"), default="test")
+    evaluate.add_argument("--val-fraction", type=float, default=0.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", type=int, default=512)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--fp32", action="store_true", help="no mixed precision")
+    evaluate.add_argument("--output", help="folder for the report (default: RUN/eval)")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = commands.add_parser("predict", help="top-k labels for image files or folders")
+    predict.add_argument("model", help="run directory, saved model directory or .safetensors file")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--fp32", action="store_true")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.set_defaults(func=cmd_predict)
+
+    info = commands.add_parser("info", help="parameters, MACs and tokens of models")
+    info.add_argument("models", nargs="*", help="preset names (default: all vision presets)")
+    info.add_argument("--all", action="store_true", help="every preset")
+    info.add_argument("--pattern", help="shell pattern, e.g. 'cct_7_*'")
+    info.add_argument("--text", action="store_true", help="include text models with --all/--pattern")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+
+    export = commands.add_parser("export", help="export a model to ONNX or a torch.export program")
+    export.add_argument("model", help="run directory, saved model, .safetensors file or preset name")
+    export.add_argument("--format", choices=("onnx", "pt2", "safetensors"), default="onnx")
+    export.add_argument("--output", required=True, help="output file (or directory for safetensors)")
+    export.add_argument("--opset", type=int, default=18)
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from .data import DatasetError
+    from .models.weights import CheckpointError
+
+    try:
+        return args.func(args)
+    except (CliError, DatasetError, CheckpointError, ValueError, FileNotFoundError, TypeError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"cct {args.command}: error: {message}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 2
+    except KeyboardInterrupt:
+        print(f"cct {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Transformer building blocks shared by every Compact Transformer family.
+
+Module and parameter names follow the authors' reference code so that their released state dicts load
+without renaming (``self_attn.qkv``, ``pre_norm``, ``norm1``, ``linear1`` ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_IMPLS = ("sdpa", "explicit", "auto")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: qkv Linear without bias (rows q, k, v), proj Linear with bias.
+
+    ``impl`` selects the kernel: ``"sdpa"`` (``F.scaled_dot_product_attention``), ``"explicit"``
+    (softmax(q k^T) v written out, the reference form) or ``"auto"`` (explicit while training, SDPA for
+    inference: on CPU the SDPA backward is slower than the explicit one, its forward is faster and uses
+    memory linear in the tokens).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        attn_dropout: float = 0.1,
+        proj_dropout: float = 0.0,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"embedding dim {dim} must be divisible by num_heads {num_heads}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.attn_dropout = attn_dropout
+        self.impl = impl
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.attn_drop = nn.Dropout(attn_dropout)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask``: optional bool (B, N) with True for tokens that may be attended to."""
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        key_mask = None if attn_mask is None else attn_mask[:, None, None, :]
+        use_sdpa = self.impl == "sdpa" or (self.impl == "auto" and not self.training)
+        if use_sdpa:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=key_mask, dropout_p=self.attn_dropout if self.training else 0.0
+            )
+        else:
+            scores = (q * self.scale) @ k.transpose(-2, -1)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, float("-inf"))
+            out = self.attn_drop(scores.softmax(dim=-1)) @ v
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+        return self.proj_drop(self.proj(out))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class EncoderBlock(nn.Module):
+    """The reference encoder block. Its order matters for the released weights:
+
+    ``x = x + drop_path(attn(pre_norm(x)))``; ``x = norm1(x)`` (normalises the residual stream itself);
+    ``x = x + drop_path(dropout(linear2(dropout(gelu(linear1(x))))))``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.1,
+        drop_path: float = 0.0,
+        attn_impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.pre_norm = nn.LayerNorm(dim)
+        self.self_attn = Attention(
+            dim, num_heads, attn_dropout=attn_dropout, proj_dropout=dropout, impl=attn_impl
+        )
+        self.linear1 = nn.Linear(dim, hidden)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.linear2 = nn.Linear(hidden, dim)
+        self.dropout2 = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.self_attn(self.pre_norm(x), attn_mask=attn_mask))
+        x = self.norm1(x)
+        mlp = self.linear2(self.dropout1(F.gelu(self.linear1(x))))
+        return x + self.drop_path(self.dropout2(mlp))
+
+
+class SeqPool(nn.Linear):
+    """Sequence pooling: softmax(Linear(d->1)(x)) over tokens, then the weighted sum of the tokens.
+
+    A Linear subclass so that its parameters keep the reference keys ``attention_pool.{weight,bias}``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, 1)
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores = super().forward(x)  # (B, N, 1)
+        if token_mask is not None:
+            scores = scores.masked_fill(~token_mask[..., None], float("-inf"))
+        weights = scores.softmax(dim=1)
+        return (weights.transpose(1, 2) @ x).squeeze(1)
+
+
+POSITIONAL_EMBEDDINGS = ("learnable", "sine", "none")
+POOLINGS = ("seqpool", "cls")
+
+
+class TransformerClassifier(nn.Module):
+    """Positional embedding -> encoder blocks -> final norm -> SeqPool or class token -> ``fc``.
+
+    A sinusoidal table is a persistent buffer (saved in the state dict under the reference key
+    ``positional_emb``, never trained); a learnable one is a Parameter; ``"none"`` accepts any length.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: float,
+        num_classes: int,
+        seq_len: int,
+        pooling: str = "seqpool",
+        positional_embedding: str = "learnable",
+        dropout: float = 0.0,
+        attn_dropout: float = 0.1,
+        drop_path: float = 0.1,
+        attn_impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if positional_embedding not in POSITIONAL_EMBEDDINGS:
+            raise ValueError(
+                f"positional_embedding must be one of {POSITIONAL_EMBEDDINGS}, got {positional_embedding!r}"
+            )
+        self.embed_dim = embed_dim
+        self.pooling = pooling
+        self.positional_embedding = positional_embedding
+        self.num_prefix_tokens = 1 if pooling == "cls" else 0
+        self.seq_len = seq_len + self.num_prefix_tokens
+        if pooling == "cls":
+            self.class_emb = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        else:
+            self.attention_pool = SeqPool(embed_dim)
+        if positional_embedding == "learnable":
+            self.positional_emb = nn.Parameter(torch.zeros(1, self.seq_len, embed_dim))
+        elif positional_embedding == "sine":
+            self.register_buffer("positional_emb", sinusoidal_table(self.seq_len, embed_dim))
+        else:
+            self.positional_emb = None
+        self.dropout = nn.Dropout(dropout)
+        # Python floats (not torch.linspace) so that the model can also be built on the meta device.
+        rates = [drop_path * i / max(1, num_layers - 1) for i in range(num_layers)]
+        self.blocks = nn.ModuleList(
+            [
+                EncoderBlock(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    dropout=dropout,
+                    attn_dropout=attn_dropout,
+                    drop_path=rate,
+                    attn_impl=attn_impl,
+                )
+                for rate in rates
+            ]
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.fc = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(init_reference_weights)
+        if positional_embedding == "learnable":
+            nn.init.trunc_normal_(self.positional_emb, std=0.2)
+
+    def forward_features(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, N, d) -> pooled features (B, d). ``token_mask``: bool (B, N), True = real token."""
+        if self.pooling == "cls":
+            x = torch.cat([self.class_emb.expand(x.shape[0], -1, -1), x], dim=1)
+            if token_mask is not None:
+                token_mask = torch.cat([token_mask.new_ones(x.shape[0], 1), token_mask], dim=1)
+        if self.positional_emb is not None:
+            if x.shape[1] != self.seq_len:
+                raise ValueError(
+                    f"got {x.shape[1] - self.num_prefix_tokens} tokens, but the {self.positional_embedding} "
+                    f"positional embedding was built for {self.seq_len - self.num_prefix_tokens}: build the "
+                    "model for this input size (img_size=...) or resize the embedding"
+                )
+            x = x + self.positional_emb
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, attn_mask=token_mask)
+        x = self.norm(x)
+        if self.pooling == "cls":
+            return x[:, 0]
+        return self.attention_pool(x, token_mask=token_mask)
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.forward_features(x, token_mask=token_mask))
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """The reference's 1-D sin/cos table over token positions, shape (1, num_positions, dim)."""
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    pair_index = torch.div(torch.arange(dim), 2, rounding_mode="floor").to(torch.float64)
+    angle = position / torch.pow(10000.0, 2 * pair_index / dim)
+    table = angle.clone()
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.to(torch.float32)[None]
+
+
+def resize_positional_embedding(
+    embedding: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    num_prefix_tokens: int = 0,
+) -> torch.Tensor:
+    """Bilinearly resize a learnable (1, prefix + H*W, d) embedding to a new token grid (H', W')."""
+    prefix, grid = embedding[:, :num_prefix_tokens], embedding[:, num_prefix_tokens:]
+    old_h, old_w = old_grid
+    if grid.shape[1] != old_h * old_w:
+        raise ValueError(
+            f"positional embedding has {grid.shape[1]} grid tokens, expected {old_h}x{old_w}={old_h * old_w}"
+        )
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old_h, old_w, dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bilinear", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(embedding.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def init_reference_weights(module: nn.Module) -> None:
+    """The reference initialisation: trunc-normal(.02) Linear, LayerNorm (1, 0), Kaiming-normal convs."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return math.floor((size + 2 * padding - kernel) / stride) + 1

@@ -1,0 +1,200 @@
+"""Text Compact Transformers (paper appendix G): Transformer-Lite, ViT-Lite, CVT and CCT for text.
+
+Word ids -> embedding (optionally a frozen pretrained matrix such as GloVe) -> tokenizer -> masked
+encoder -> SeqPool or class token -> head. Padding is masked in the tokenizer, attention and pooling,
+so appending padding to a sequence does not change its logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .layers import ATTENTION_IMPLS, TransformerClassifier
+from .tokenizers import TextConvTokenizer
+
+TEXT_FAMILIES = ("transformer", "vit_lite", "cvt", "cct")
+
+
+@dataclass
+class TextConfig:
+    """Everything needed to build a text model; saved as JSON beside the weights."""
+
+    family: str = "cct"
+    num_layers: int = 2
+    num_heads: int = 2
+    mlp_ratio: float = 1.0
+    embed_dim: int = 128
+    vocab_size: int = 100_000
+    word_dim: int = 300
+    padding_idx: int | None = 1
+    freeze_embedding: bool = False
+    seq_len: int = 64
+    num_classes: int = 4
+    positional_embedding: str = "sine"
+    patch_size: int = 4  # ViT-Lite / CVT
+    kernel_size: int = 2  # CCT; stride / padding None = max(1, k//2 - 1) / max(1, k//2)
+    conv_stride: int | None = None
+    conv_padding: int | None = None
+    pool_kernel: int = 2
+    pool_stride: int = 2
+    pool_padding: int = 1
+    dropout: float = 0.0
+    attn_dropout: float = 0.1
+    drop_path: float = 0.1
+    attn_impl: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.family not in TEXT_FAMILIES:
+            raise ValueError(f"text family must be one of {TEXT_FAMILIES}, got {self.family!r}")
+        if self.attn_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
+        if self.family in ("vit_lite", "cvt") and self.seq_len % self.patch_size:
+            raise ValueError(f"seq_len {self.seq_len} must be divisible by patch_size {self.patch_size}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TextConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown text config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: object) -> "TextConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class Embedder(nn.Module):
+    """Word embedding; ``pretrained`` (vocab, word_dim) is copied in, and frozen if asked."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        word_dim: int,
+        padding_idx: int | None,
+        pretrained: torch.Tensor | None = None,
+        freeze: bool = False,
+    ) -> None:
+        super().__init__()
+        if pretrained is not None:
+            if pretrained.ndim != 2:
+                raise ValueError(f"pretrained embedding must be 2-D (vocab, dim), got {tuple(pretrained.shape)}")
+            vocab_size, word_dim = pretrained.shape
+        self.embeddings = nn.Embedding(vocab_size, word_dim, padding_idx=padding_idx)
+        if pretrained is not None:
+            with torch.no_grad():
+                self.embeddings.weight.copy_(pretrained)
+        self.embeddings.weight.requires_grad_(not freeze)
+
+    def forward(self, ids: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.embeddings(ids)
+        if token_mask is not None:
+            x = x * token_mask[..., None].to(x.dtype)
+        return x
+
+
+class TextCompactTransformer(nn.Module):
+    """Text classifier. ``forward(ids (B, L) long, mask (B, L) bool = real token)`` -> logits.
+
+    Sequences are right-padded. With ``mask=None`` the mask is ``ids != padding_idx``.
+    """
+
+    def __init__(self, config: TextConfig, pretrained_embedding: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.embedder = Embedder(
+            vocab_size=config.vocab_size,
+            word_dim=config.word_dim,
+            padding_idx=config.padding_idx,
+            pretrained=pretrained_embedding,
+            freeze=config.freeze_embedding,
+        )
+        word_dim = self.embedder.embeddings.embedding_dim
+        self.tokenizer: TextConvTokenizer | None
+        if config.family == "transformer":
+            self.tokenizer = None
+            embed_dim, seq_len = word_dim, config.seq_len
+        else:
+            is_cct = config.family == "cct"
+            if is_cct:
+                kernel = config.kernel_size
+                stride = config.conv_stride if config.conv_stride is not None else max(1, kernel // 2 - 1)
+                padding = config.conv_padding if config.conv_padding is not None else max(1, kernel // 2)
+            else:
+                kernel, stride, padding = config.patch_size, config.patch_size, 0
+            self.tokenizer = TextConvTokenizer(
+                word_dim=word_dim,
+                embed_dim=config.embed_dim,
+                kernel_size=kernel,
+                stride=stride,
+                padding=padding,
+                pool_kernel=config.pool_kernel,
+                pool_stride=config.pool_stride,
+                pool_padding=config.pool_padding,
+                max_pool=is_cct,
+                activation=is_cct,
+            )
+            embed_dim, seq_len = config.embed_dim, int(self.tokenizer.output_length(config.seq_len))
+            if seq_len < 1:
+                raise ValueError(f"seq_len {config.seq_len} is too short for this tokenizer")
+            nn.init.kaiming_normal_(self.tokenizer.conv_layers[0].weight)
+        self.classifier = TransformerClassifier(
+            embed_dim=embed_dim,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            num_classes=config.num_classes,
+            seq_len=seq_len,
+            pooling="seqpool" if config.family in ("cvt", "cct") else "cls",
+            positional_embedding=config.positional_embedding,
+            dropout=config.dropout,
+            attn_dropout=config.attn_dropout,
+            drop_path=config.drop_path,
+            attn_impl=config.attn_impl,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def forward_features(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"expected token ids of shape (B, L) and integer dtype, got {tuple(ids.shape)} {ids.dtype}")
+        if ids.shape[1] > self.config.seq_len and self.config.positional_embedding != "none":
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds the model's seq_len {self.config.seq_len}")
+        if mask is None and self.config.padding_idx is not None:
+            mask = ids != self.config.padding_idx
+        if mask is not None:
+            if mask.shape != ids.shape:
+                raise ValueError(f"mask shape {tuple(mask.shape)} must equal ids shape {tuple(ids.shape)}")
+            mask = mask.bool()
+        x = self.embedder(ids, mask)
+        if self.tokenizer is None:
+            token_mask = mask
+        else:
+            lengths = None if mask is None else mask.sum(dim=1)
+            x, lengths = self.tokenizer(x, lengths)
+            token_mask = None
+            if lengths is not None:
+                token_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        if self.classifier.positional_emb is not None:
+            # Pad to the length the positional embedding was built for; the padding is masked out.
+            missing = self.classifier.seq_len - self.classifier.num_prefix_tokens - x.shape[1]
+            if missing > 0:
+                x = torch.cat([x, x.new_zeros(x.shape[0], missing, x.shape[2])], dim=1)
+                if token_mask is None:
+                    token_mask = torch.arange(x.shape[1], device=x.device)[None, :] < (x.shape[1] - missing)
+                    token_mask = token_mask.expand(x.shape[0], -1)
+                else:
+                    token_mask = torch.cat([token_mask, token_mask.new_zeros(x.shape[0], missing)], dim=1)
+        return self.classifier.forward_features(x, token_mask=token_mask)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier.fc(self.forward_features(ids, mask))

@@ -1,0 +1,341 @@
+"""Checkpoints: the native format (safetensors + JSON config), the authors' ``.pth`` files, safe loading.
+
+Native format: a directory with ``model.safetensors`` and ``config.json``; the config is also stored in the
+safetensors metadata, so the ``.safetensors`` file alone rebuilds its model. ``.pth`` files are only read with
+``torch.load(weights_only=True)``: a pickle that tries to run code is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .layers import resize_positional_embedding, sinusoidal_table
+from .presets import build_model, get_preset
+from .text import TextCompactTransformer, TextConfig
+from .vision import CompactTransformer, VisionConfig
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_CONFIG_METADATA_KEY = "compact_transformers.config"
+PE_KEY = "classifier.positional_emb"
+HEAD_KEYS = ("classifier.fc.weight", "classifier.fc.bias")
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be used: missing, corrupt, unsafe, or not matching the model."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights are kept: ``$CCT_CACHE`` or ``~/.cache/compact_transformers``."""
+    return Path(os.environ.get("CCT_CACHE", Path.home() / ".cache" / "compact_transformers"))
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def model_config(model: nn.Module) -> dict:
+    config = model.config
+    kind = "text" if isinstance(config, TextConfig) else "vision"
+    return {"kind": kind, **config.to_dict()}
+
+
+def config_from_dict(data: dict) -> VisionConfig | TextConfig:
+    data = dict(data)
+    kind = data.pop("kind", "vision")
+    return TextConfig.from_dict(data) if kind == "text" else VisionConfig.from_dict(data)
+
+
+def atomic_write(path: Path, write: callable) -> None:
+    """Write through a temporary file in the same directory, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Save ``model`` to a directory (``model.safetensors`` + ``config.json``) or to a ``.safetensors`` file."""
+    path = Path(path)
+    config = model_config(model)
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    metadata = {_CONFIG_METADATA_KEY: json.dumps(config)}
+    weights_path = path if path.suffix == ".safetensors" else path / WEIGHTS_FILE
+    atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    if path.suffix != ".safetensors":
+        atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return weights_path
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` (directory or ``.safetensors`` file)."""
+    path = Path(path)
+    if path.is_dir():
+        weights_path = path / WEIGHTS_FILE
+        config_path = path / CONFIG_FILE
+        if not weights_path.exists():
+            raise CheckpointError(f"no {WEIGHTS_FILE} in {path}: expected a directory written by save_model")
+        config = json.loads(config_path.read_text()) if config_path.exists() else _safetensors_config(weights_path)
+    else:
+        weights_path = path
+        config = _safetensors_config(weights_path)
+    if config is None:
+        raise CheckpointError(f"{path} has no model config (config.json or safetensors metadata); "
+                              "use create_model(name, pretrained=path) instead")
+    model = build_model(config_from_dict(config))
+    load_weights(model, read_state_dict(weights_path), source=str(weights_path))
+    return model.to(device)
+
+
+def _safetensors_config(path: Path) -> dict | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({error})") from None
+    text = metadata.get(_CONFIG_METADATA_KEY)
+    return json.loads(text) if text else None
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pth``/``.pt`` file, safely; wrappers and ``module.`` unwrapped."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weight file not found: {path}")
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+        if not path.exists():
+            raise CheckpointError(f"no {WEIGHTS_FILE} in directory {path.parent}")
+    if _is_safetensors(path):
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({error})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(_unpickling_message(path, error)) from None
+        except Exception as error:  # torch.load raises many types on damaged files (EOF, zip, seek, ...)
+            reason = ": ".join(filter(None, (type(error).__name__, _first_sentence(str(error)))))
+            raise CheckpointError(f"cannot read {path}: corrupt or truncated checkpoint ({reason})") from None
+    return _unwrap(state, path)
+
+
+def _unpickling_message(path: Path, error: pickle.UnpicklingError) -> str:
+    """One line for a refused ``.pth``: unsafe objects (never executed) or simply not a checkpoint.
+
+    torch's own text is several lines long and suggests ``weights_only=False``; only its diagnosis is kept.
+    """
+    text = str(error)
+    detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+    detail = _first_sentence(detail)
+    if "Unsupported global" in detail:
+        return (
+            f"refusing to load {path}: it contains objects other than tensors, which could run code "
+            f"(nothing was executed; {detail})"
+        )
+    return f"cannot read {path}: not a PyTorch checkpoint of tensors, or corrupt ({detail or type(error).__name__})"
+
+
+def _first_sentence(text: str) -> str:
+    """The first non-empty line of ``text``, cut after its first sentence."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    end = line.find(". ")
+    return line[: end + 1] if end >= 0 else line
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as handle:
+        header = handle.read(9)
+    # safetensors: 8-byte little-endian header length, then a JSON object.
+    return len(header) == 9 and header[8:9] == b"{"
+
+
+def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def fetch_weights(url: str, timeout: float = 30.0) -> Path:
+    """Return the cached copy of ``url``, downloading it first when a network is available."""
+    filename = url.rstrip("/").rsplit("/", 1)[-1]
+    target = cache_dir() / filename
+    if target.exists():
+        return target
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    except OSError as error:
+        raise CheckpointError(
+            f"could not download {url} ({error}); download it on a machine with network access and put it "
+            f"at {target} (or pass pretrained=PATH)"
+        ) from None
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
+    logger.info("downloaded %s to %s (sha256 %s...)", url, target, digest)
+    return target
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fit a state dict to ``model``: resize a learnable positional embedding to the model's token grid,
+    regenerate a sinusoidal table of another length, and replace a head of another class count (warning)."""
+    state = dict(state)
+    own = model.state_dict()
+    if PE_KEY in state and PE_KEY in own and state[PE_KEY].shape != own[PE_KEY].shape:
+        state[PE_KEY] = _adapt_positional_embedding(model, state[PE_KEY])
+    elif PE_KEY in state and PE_KEY in own and model.classifier.positional_embedding == "sine":
+        table = sinusoidal_table(own[PE_KEY].shape[1], own[PE_KEY].shape[2])
+        if not torch.allclose(state[PE_KEY].float(), table, atol=1e-4):
+            warnings.warn(
+                "the checkpoint's positional embedding is not the sinusoidal table (it was trained as a "
+                "learnable one); it is kept, frozen, so that the model computes what was trained",
+                stacklevel=3,
+            )
+    elif PE_KEY in own and PE_KEY not in state and model.classifier.positional_embedding == "sine":
+        state[PE_KEY] = own[PE_KEY]  # a table we can compute ourselves
+    elif PE_KEY in state and PE_KEY not in own:
+        del state[PE_KEY]
+        warnings.warn("the checkpoint has a positional embedding but the model uses none: dropped", stacklevel=3)
+    if all(key in state and key in own for key in HEAD_KEYS):
+        if state[HEAD_KEYS[0]].shape != own[HEAD_KEYS[0]].shape:
+            warnings.warn(
+                f"checkpoint head has {state[HEAD_KEYS[0]].shape[0]} classes, the model "
+                f"{own[HEAD_KEYS[0]].shape[0]}: the head is newly initialised",
+                stacklevel=3,
+            )
+            for key in HEAD_KEYS:
+                state[key] = own[key]
+    elif all(key in state for key in HEAD_KEYS) and not any(key in own for key in HEAD_KEYS):
+        for key in HEAD_KEYS:
+            del state[key]  # a model built without head (num_classes=0)
+    return state
+
+
+def _adapt_positional_embedding(model: nn.Module, embedding: torch.Tensor) -> torch.Tensor:
+    classifier = model.classifier
+    target = classifier.positional_emb
+    if classifier.positional_embedding == "sine":
+        return target.detach().clone()
+    prefix = classifier.num_prefix_tokens
+    if not isinstance(model, CompactTransformer):
+        raise CheckpointError(
+            f"positional embedding has shape {tuple(embedding.shape)}, the model {tuple(target.shape)}; "
+            "text models are not resized: build the model with the checkpoint's seq_len"
+        )
+    old_tokens = embedding.shape[1] - prefix
+    new_h, new_w = model.grid_size
+    old_h, old_w = _old_grid(old_tokens, new_h, new_w)
+    if embedding.shape[-1] != target.shape[-1]:
+        raise CheckpointError(
+            f"{PE_KEY}: checkpoint width {embedding.shape[-1]} != model width {target.shape[-1]}"
+        )
+    logger.info("resizing positional embedding from %dx%d to %dx%d tokens", old_h, old_w, new_h, new_w)
+    return resize_positional_embedding(embedding, (old_h, old_w), (new_h, new_w), num_prefix_tokens=prefix)
+
+
+def _old_grid(tokens: int, new_h: int, new_w: int) -> tuple[int, int]:
+    """The checkpoint's token grid: square if possible, else the factorisation closest to the new aspect."""
+    side = round(tokens**0.5)
+    if side * side == tokens:
+        return side, side
+    pairs = [(h, tokens // h) for h in range(1, tokens + 1) if tokens % h == 0]
+    return min(pairs, key=lambda hw: abs(hw[0] / hw[1] - new_h / new_w))
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                 adapt: bool = True) -> nn.Module:
+    """Load ``state`` into ``model`` with strict key matching; mismatches raise naming keys and shapes."""
+    if adapt:
+        state = adapt_state_dict(model, state)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
+        for key in sorted(set(own) & set(state))
+        if state[key].shape != own[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_clip(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_clip(unexpected)}")
+    if wrong_shape:
+        problems.append(f"shape mismatches {_clip(wrong_shape)}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _clip(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
+
+
+def create_model(name: str, pretrained: bool | str | os.PathLike | None = None, **overrides: object) -> nn.Module:
+    """Build a preset by name, with config overrides; ``pretrained`` = True (the preset's released weights),
+    a path (``.safetensors``, native directory or the authors' ``.pth``) or a URL.
+
+    Example: ``create_model("cct_7_3x1_32", num_classes=100, img_size=(32, 48), pretrained="w.pth")``.
+    """
+    preset = get_preset(name)
+    model = build_model(preset.build_config(**overrides))
+    if pretrained is None or pretrained is False:
+        return model
+    if pretrained is True:
+        if preset.weights_url is None:
+            with_weights = ", ".join(n for n in _names_with_weights())
+            raise CheckpointError(f"{preset.name} has no released weights; models with weights: {with_weights}")
+        path = fetch_weights(preset.weights_url)
+    elif str(pretrained).startswith(("http://", "https://")):
+        path = fetch_weights(str(pretrained))
+    else:
+        path = Path(pretrained)
+    load_weights(model, read_state_dict(path), source=str(path))
+    return model
+
+
+def _names_with_weights() -> list[str]:
+    from .presets import list_models
+
+    return list_models(pretrained=True)

@@ -1,0 +1,56 @@
+"""torchrun / DistributedDataParallel glue: one process per device, NCCL on GPUs, gloo on CPUs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); a single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_sum(tensors: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:
+    """Sum each tensor over all processes (in place); a no-op for a single process."""
+    if info.enabled:
+        for tensor in tensors.values():
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensors
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,514 @@
+"""One training loop for image classification with the paper's recipe.
+
+Small datasets live on the training device as uint8 tensors; each step indexes a batch, augments it there
+(batched, per-sample randomness), mixes it, and takes an optimizer step under autocast. Every epoch the run
+directory gets a metrics record and an atomically replaced ``last`` (and ``best``) checkpoint; SIGINT /
+SIGTERM save ``last`` mid-epoch, and ``resume`` continues bit-for-bit on the same machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..augment import AugmentConfig, EvalTransform, MixupCutmix, TrainAugment, smooth_one_hot
+from ..data import ImageDataset, load_dataset, subset_per_class
+from ..models import create_model, get_preset, load_model
+from ..models.weights import CheckpointError, save_model
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup_distributed
+from .losses import DistillationLoss, SoftTargetCrossEntropy
+from .metrics import EvalResult, accuracy_counts, predict_logits, result_from_counts
+from .optim import build_optimizer
+from .plots import plot_confusion, plot_curves
+from .recipe import TrainConfig
+from .runtime import autocast_dtype, select_device
+from .schedule import LRSchedule
+from .state import checkpoint_dir, load_state, rng_state, save_checkpoint, set_rng_state
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+FINAL_FILE = "final.json"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    epochs_done: int
+    best_top1: float
+    final: dict = field(default_factory=dict)
+    interrupted: bool = False
+
+
+class _StopFlag:
+    """Turns SIGINT / SIGTERM into a flag checked after every step, so a checkpoint can be written."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------- set-up
+
+
+def load_training_data(config: TrainConfig) -> ImageDataset:
+    name = config.dataset if config.dataset or config.data else "digits"
+    resize_on_load = name in ("folder", "flowers102") or (name is None and config.data is not None)
+    data = load_dataset(
+        name,
+        config.data,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        image_size=config.img_size if resize_on_load else None,
+    )
+    if data.train.images is None:
+        raise ValueError(
+            f"{data.name}: the training split is too large to hold in memory; streaming training is not "
+            "supported yet: pass a smaller --img-size or a subset"
+        )
+    if config.samples_per_class is not None:
+        data.train = data.train.select(subset_per_class(data.train.labels, config.samples_per_class, config.seed))
+    return data
+
+
+def build_student(config: TrainConfig, data: ImageDataset, img_size: tuple[int, int]) -> nn.Module:
+    mean = tuple(config.mean) if config.mean is not None else tuple(data.mean)
+    std = tuple(config.std) if config.std is not None else tuple(data.std)
+    regularisation = {
+        key: value
+        for key, value in (("drop_path", config.drop_path), ("dropout", config.drop), ("attn_dropout", config.attn_drop))
+        if value is not None
+    }
+    return create_model(
+        config.model,
+        pretrained=resolve_pretrained(config.pretrained),
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        img_size=img_size,
+        mean=mean,
+        std=std,
+        extra={"classes": list(data.classes), "dataset": data.name},
+        **regularisation,
+    )
+
+
+def resolve_pretrained(source: str | None) -> str | None:
+    """A path or URL as given; a preset name means that preset's released weights."""
+    if source is None or Path(source).exists() or source.startswith(("http://", "https://")):
+        return source
+    preset = get_preset(source)  # raises with close names for a typo
+    if preset.weights_url is None:
+        raise CheckpointError(f"--pretrained {source}: no such file, and preset {preset.name} has no released weights")
+    return preset.weights_url
+
+
+def load_teacher(source: str, device: torch.device) -> nn.Module:
+    """A trained teacher: a run directory (its best checkpoint), a saved model, or a preset with weights."""
+    path = Path(source)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        best = path / "checkpoints" / "best"
+        path = best if best.exists() else checkpoint_dir(path)
+    if path.exists():
+        teacher = load_model(path)
+    else:
+        teacher = create_model(source, pretrained=True)
+    teacher.eval().requires_grad_(False)
+    return teacher.to(device)
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    base = Path(config.output)
+    dataset = config.dataset or ("digits" if config.data is None else Path(config.data).name)
+    name = config.name or f"{config.model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, suffix = base / name, 1
+    while run_dir.exists():  # never write into (and damage) an existing run
+        suffix += 1
+        run_dir = base / f"{name}-{suffix}"
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False) -> RunResult:
+    """Train ``config``; with ``resume`` continue the run in ``run_dir`` from its last checkpoint."""
+    device = select_device(config.device)
+    info = setup_distributed(device)
+    try:
+        return _train(config, device, info, run_dir, resume)
+    finally:
+        cleanup(info)
+
+
+def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: Path | None,
+           resume: bool) -> RunResult:
+    torch.manual_seed(config.seed)
+    data = load_training_data(config)
+    img_size = _pair(config.img_size) if config.img_size is not None else data.image_size
+    if resume:
+        last = checkpoint_dir(run_dir)
+        state = load_state(last)
+        model = load_model(last)
+    else:
+        state = None
+        model = build_student(config, data, img_size)
+        run_dir = run_dir or new_run_dir(config)
+    model = model.to(device)
+    model_config = model.config
+    mean, std = model_config.mean, model_config.std
+
+    augment_config = AugmentConfig(
+        image_size=img_size, mean=mean, std=std, scale=config.scale, ratio=config.ratio, hflip=config.hflip,
+        randaugment=config.aa, reprob=config.reprob, interpolation=config.interpolation,
+    )  # fmt: skip
+    train_transform = TrainAugment(augment_config)
+    eval_transform = EvalTransform(augment_config)
+    num_classes = data.num_classes
+    mixer = MixupCutmix(
+        mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+        switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing, num_classes=num_classes,
+    )  # fmt: skip
+    teacher = load_teacher(config.teacher, device) if config.teacher else None
+    criterion: nn.Module = SoftTargetCrossEntropy()
+    if teacher is not None:
+        criterion = DistillationLoss(criterion, config.distill_alpha)
+
+    train_images, train_labels = data.train.images.to(device), data.train.labels.to(device)
+    val_images, val_labels = data.val.images.to(device), data.val.labels.to(device)
+    global_batch = min(config.batch_size * info.world_size, train_images.shape[0])
+    local_batch = global_batch // info.world_size
+    steps_per_epoch = max(1, train_images.shape[0] // global_batch)
+    # lr scales with the global batch (the recipe's lr is for lr_base_batch images per step)
+    scaled = config.replace(batch_size=local_batch * info.world_size)
+
+    optimizer = build_optimizer(model, scaled)
+    schedule = LRSchedule.from_config(optimizer, scaled, steps_per_epoch=steps_per_epoch)
+    amp_dtype = autocast_dtype(device, config.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = _make_ema(model) if config.model_ema else None
+    train_model: nn.Module = model
+    if info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        train_model = torch.compile(train_model)
+
+    start_epoch, start_step, best_top1, history, partial = 0, 0, -1.0, [], None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
+        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        best_top1, partial = state["best_top1"], state.get("partial")
+        history = [r for r in _read_history(run_dir) if r["epoch"] < start_epoch]
+    elif info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        _write_config(run_dir / CONFIG_FILE, config)
+    if info.is_main:
+        _rewrite_history(run_dir, history)
+        logger.info("run directory: %s", run_dir)
+        _announce(config, data, model, device, amp_dtype, info, steps_per_epoch, global_batch)
+
+    def checkpoint(target: str, epoch: int, step_in_epoch: int, partial_sums: dict | None) -> None:
+        rngs = _gather_rng(info)
+        if not info.is_main:
+            return
+        save_checkpoint(
+            run_dir / "checkpoints" / target,
+            model,
+            {
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rngs, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                "best_top1": best_top1, "partial": partial_sums, "world_size": info.world_size,
+                **({"ema": ema.state_dict()} if ema is not None else {}),
+            },
+        )  # fmt: skip
+
+    started = time.monotonic()
+    interrupted = False
+    epoch = start_epoch
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            order = _epoch_order(train_images.shape[0], config.seed, epoch)
+            mixing = (config.mixup > 0 or config.cutmix > 0) and not (
+                config.mixup_off_epoch and epoch >= config.mixup_off_epoch
+            )
+            sums = _zero_sums(device) if partial is None else {k: v.to(device) for k, v in partial.items()}
+            partial = None
+            progress = _progress(config, info, epoch, steps_per_epoch, start_step)
+            train_model.train()
+            tick = time.perf_counter()
+            for step in range(start_step, steps_per_epoch):
+                batch_index = order[step * global_batch + info.rank * local_batch:][:local_batch].to(device)
+                labels = train_labels[batch_index]
+                inputs = train_transform(train_images[batch_index])
+                if mixing:
+                    inputs, targets = mixer(inputs, labels)
+                else:
+                    targets = smooth_one_hot(labels, num_classes, config.smoothing)
+                lr = schedule.step(epoch * steps_per_epoch + step)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = train_model(inputs)
+                    teacher_logits = teacher(inputs) if teacher is not None else None
+                logits = logits.float()
+                if teacher is not None:
+                    loss = criterion(logits, targets, teacher_logits.float())
+                else:
+                    loss = criterion(logits, targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}: lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    _update_ema(ema, model, config.model_ema_decay)
+                with torch.no_grad():
+                    sums["loss"] += loss.detach().double() * labels.shape[0]
+                    sums["top1"] += (logits.argmax(dim=1) == labels).sum().double()
+                    sums["count"] += labels.shape[0]
+                if progress is not None:
+                    seen = (step - start_step + 1) * global_batch
+                    progress.set_postfix(
+                        loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
+                        img_s=f"{seen / (time.perf_counter() - tick):.0f}",
+                    )  # fmt: skip
+                    progress.update(1)
+                over_time = config.time_limit is not None and time.monotonic() - started > config.time_limit * 60
+                if _any_rank(stop.signal is not None or over_time, device, info):
+                    if step + 1 < steps_per_epoch:
+                        interrupted = stop.signal is not None
+                        checkpoint("last", epoch, step + 1, {k: v.cpu() for k, v in sums.items()})
+                        if progress is not None:
+                            progress.close()
+                        if interrupted:
+                            logger.warning("interrupted: saved %s; continue with `cct train --resume %s`",
+                                           run_dir / "checkpoints" / "last", run_dir)
+                            return RunResult(run_dir, epoch, best_top1, interrupted=True)
+                        logger.warning("time limit of %.1f min reached during epoch %d", config.time_limit, epoch + 1)
+                    break
+            seconds = time.perf_counter() - tick
+            if progress is not None:
+                progress.close()
+            start_step = 0
+            all_reduce_sum(sums, info)
+            count = max(sums["count"].item(), 1.0)
+            record = {
+                "epoch": epoch + 1, "lr": schedule.last_lr, "train_loss": sums["loss"].item() / count,
+                "train_top1": 100 * sums["top1"].item() / count,
+                "img_per_s": sums["count"].item() / max(seconds, 1e-9), "epoch_seconds": seconds,
+            }  # fmt: skip
+            last_epoch = epoch + 1 == config.epochs
+            stopped = stop.signal is not None or (
+                config.time_limit is not None and time.monotonic() - started > config.time_limit * 60
+            )
+            if (epoch + 1) % config.eval_interval == 0 or last_epoch or stopped:
+                val = _evaluate(model, val_images, val_labels, eval_transform, num_classes, amp_dtype, info)
+                record.update({"val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5})
+                if ema is not None:
+                    ema_val = _evaluate(ema, val_images, val_labels, eval_transform, num_classes, amp_dtype, info)
+                    record["val_top1_ema"] = ema_val.top1
+                if val.top1 > best_top1:
+                    best_top1 = val.top1
+                    checkpoint("best", epoch + 1, 0, None)
+            history.append(record)
+            checkpoint("last", epoch + 1, 0, None)
+            if info.is_main:
+                _append_history(run_dir, record)
+                _log_epoch(config, record)
+            if stopped:
+                interrupted = stop.signal is not None
+                break
+    epochs_done = len(history)
+    if interrupted:
+        logger.warning("interrupted after epoch %d: continue with `cct train --resume %s`", epochs_done, run_dir)
+        return RunResult(run_dir, epochs_done, best_top1, interrupted=True)
+    final = finish_run(run_dir, model, data, eval_transform, amp_dtype, info, history)
+    return RunResult(run_dir, epochs_done, best_top1, final=final)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: nn.Module,
+               amp_dtype: torch.dtype | None, info: DistInfo, history: list[dict]) -> dict:
+    """Evaluate the final model on val (and test), write final.json, curves and confusion matrix."""
+    final: dict = {"epochs": len(history)}
+    device = next(model.parameters()).device
+    splits = [("val", data.val)] + ([("test", data.test)] if data.test is not None else [])
+    for name, split in splits:
+        result = _evaluate(model, split.images.to(device), split.labels.to(device), transform,
+                           data.num_classes, amp_dtype, info)
+        final[name] = result.summary()
+        final[f"{name}_per_class"] = dict(zip(data.classes, result.per_class_accuracy()))
+        if info.is_main:
+            (run_dir / f"confusion_{name}.json").write_text(
+                json.dumps({"classes": list(data.classes), "matrix": result.confusion.tolist()})
+            )
+            plot_confusion(result.confusion, list(data.classes), run_dir / f"confusion_{name}.png",
+                           title=f"{data.name} {name}: top-1 {result.top1:.2f}%")
+    if info.is_main:
+        final["best_val_top1"] = max((r.get("val_top1", -1) for r in history), default=None)
+        (run_dir / FINAL_FILE).write_text(json.dumps(final, indent=2))
+        save_model(model, run_dir / "model")
+        plot_curves(history, run_dir / "curves.png")
+        summary = ", ".join(f"{n} top-1 {final[n]['top1']:.2f}%" for n, _ in splits)
+        logger.info("done: %s; run directory %s", summary, run_dir)
+    return final
+
+
+def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: nn.Module,
+              num_classes: int, amp_dtype: torch.dtype | None, info: DistInfo) -> EvalResult:
+    shard = slice(info.rank, None, info.world_size)
+    logits = predict_logits(model, images[shard], transform, autocast=amp_dtype)
+    counts = accuracy_counts(logits, labels[shard], num_classes)
+    return result_from_counts(all_reduce_sum(counts, info))
+
+
+def _epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's sample order: a pure function of (seed, epoch), so a resumed run sees the same batches."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator)
+
+
+def _zero_sums(device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: torch.zeros((), dtype=torch.float64, device=device) for name in ("loss", "top1", "count")}
+
+
+def _any_rank(flag: bool, device: torch.device, info: DistInfo) -> bool:
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor(float(flag), device=device)
+    all_reduce_sum({"flag": tensor}, info)
+    return tensor.item() > 0
+
+
+def _gather_rng(info: DistInfo) -> dict | list:
+    if not info.enabled:
+        return rng_state()
+    gathered: list = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, rng_state())
+    return gathered
+
+
+def _make_ema(model: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(model).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    ema_params = list(ema.parameters())
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+def _progress(config: TrainConfig, info: DistInfo, epoch: int, steps: int, start: int):
+    if config.quiet or not info.is_main:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                dynamic_ncols=True, unit="step")
+
+
+def _log_epoch(config: TrainConfig, record: dict) -> None:
+    parts = [f"epoch {record['epoch']}/{config.epochs}", f"loss {record['train_loss']:.4f}"]
+    if "val_top1" in record:
+        parts.append(f"val top-1 {record['val_top1']:.2f}%")
+    parts += [f"lr {record['lr']:.2e}", f"{record['img_per_s']:.0f} img/s", f"{record['epoch_seconds']:.1f}s"]
+    logger.info(" | ".join(parts))
+
+
+def _announce(config, data, model, device, amp_dtype, info, steps_per_epoch, global_batch) -> None:
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp_dtype]
+    logger.info(
+        "%s (%.2fM params) on %s: %d train / %d val images, %d classes, %s; device %s x%d, %s; "
+        "%d epochs x %d steps of %d",
+        config.model, params / 1e6, data.name, len(data.train), len(data.val), data.num_classes,
+        "x".join(map(str, model.config.img_size)), device, info.world_size, precision, config.epochs,
+        steps_per_epoch, global_batch,
+    )
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _write_config(path: Path, config: TrainConfig) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rewrite_history(run_dir: Path, history: list[dict]) -> None:
+    from ..models.weights import atomic_write
+
+    text = "".join(json.dumps(r) + "\n" for r in history)
+    atomic_write(run_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def _append_history(run_dir: Path, record: dict) -> None:
+    with open(run_dir / METRICS_FILE, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The resolved config saved in a run directory."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    return TrainConfig.from_dict(yaml.safe_load(path.read_text()))
+

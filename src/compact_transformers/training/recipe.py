@@ -1,0 +1,514 @@
+"""Training configuration: the `TrainConfig` dataclass, named recipes, YAML files and CLI options.
+
+Where a setting comes from, lowest precedence first (see `resolve_config`):
+
+    TrainConfig defaults (the paper's recipe)
+      < a named recipe (`--recipe small`, see RECIPES / apply_recipe)
+      < a YAML file (ours, or the authors' timm-style files, see load_yaml_config)
+      < options given on the command line (see add_config_arguments / config_from_args)
+
+The learning rate `lr` is the rate for a batch of `lr_base_batch` images; the rate used is
+`scaled_lr = lr * batch_size / lr_base_batch` (linear scaling rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import logging
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+_NONE_STRINGS = ("none", "null", "")
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with its CLI help text kept in the field metadata."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the defaults are the paper's CIFAR recipe."""
+
+    # model and data
+    model: str = _f("cct_2_3x2_32", "model name, e.g. cct_7_3x1_32, cvt_7_4_32, vit_lite_7_4_32")
+    dataset: str | None = _f(None, "dataset name, e.g. cifar10, cifar100, digits")
+    data: str | None = _f(None, "root folder of the dataset files")
+    img_size: int | None = _f(None, "input image size in pixels (none = the dataset's native size)")
+    num_classes: int | None = _f(None, "number of classes (none = the dataset's)")
+    mean: tuple[float, ...] | None = _f(None, "per-channel normalisation mean (none = the dataset's)")
+    std: tuple[float, ...] | None = _f(None, "per-channel normalisation std (none = the dataset's)")
+    # schedule
+    epochs: int = _f(300, "total epochs, warmup and cooldown included")
+    batch_size: int = _f(128, "training batch size")
+    lr: float = _f(5.5e-4, "peak learning rate for a batch of lr_base_batch images")
+    lr_base_batch: int = _f(128, "batch size that lr refers to; the rate used is lr * batch_size / lr_base_batch")
+    min_lr: float = _f(1e-5, "learning rate at the end of the cosine decay and during cooldown")
+    warmup_epochs: int = _f(10, "epochs of linear warmup from warmup_lr to the peak rate")
+    warmup_lr: float = _f(1e-5, "learning rate at the first step")
+    cooldown_epochs: int = _f(10, "final epochs held at min_lr")
+    sched: str = _f("cosine", "learning-rate schedule after warmup: " + ", ".join(SCHEDULES))
+    # optimizer and loss
+    opt: str = _f("adamw", "optimizer: " + ", ".join(OPTIMIZERS))
+    betas: tuple[float, ...] = _f((0.9, 0.999), "Adam/AdamW betas (two values)")
+    eps: float = _f(1e-8, "Adam/AdamW epsilon")
+    weight_decay: float = _f(0.06, "weight decay (not applied to biases, norms, positional embedding, class token)")
+    smoothing: float = _f(0.1, "label smoothing")
+    clip_grad: float | None = _f(None, "clip the gradient norm to this value (none = no clipping)")
+    # augmentation
+    mixup: float = _f(0.8, "mixup alpha (0 = off)")
+    cutmix: float = _f(1.0, "cutmix alpha (0 = off)")
+    mixup_prob: float = _f(1.0, "probability of applying mixup or cutmix to a batch")
+    mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup when both are on")
+    mixup_off_epoch: int = _f(0, "epoch index at which mixup and cutmix stop (0 = never)")
+    aa: str | None = _f("rand-m9-mstd0.5-inc1", "RandAugment policy string (none = off)")
+    reprob: float = _f(0.0, "random erasing probability")
+    scale: tuple[float, ...] = _f((0.8, 1.0), "random-resized-crop area range (two values)")
+    ratio: tuple[float, ...] = _f((0.75, 1.3333333333333333), "random-resized-crop aspect ratio range (two values)")
+    hflip: float = _f(0.5, "horizontal flip probability")
+    interpolation: str = _f("bicubic", "resize interpolation: " + ", ".join(INTERPOLATIONS))
+    # regularisation inside the model (none = the model's default)
+    drop_path: float | None = _f(None, "stochastic depth rate (none = model default)")
+    drop: float | None = _f(None, "MLP dropout rate (none = model default)")
+    attn_drop: float | None = _f(None, "attention dropout rate (none = model default)")
+    # run
+    amp: bool = _f(True, "mixed precision (bf16 on CPU, bf16/fp16 on GPU)")
+    model_ema: bool = _f(False, "keep an exponential moving average of the weights")
+    model_ema_decay: float = _f(0.9998, "decay of the weight moving average")
+    seed: int = _f(0, "random seed")
+    workers: int = _f(2, "data-loading worker processes")
+    device: str = _f("auto", "device: auto, cpu, cuda, cuda:N, mps")
+    compile: bool = _f(False, "torch.compile the model")
+    output: str = _f("runs", "folder that receives run folders")
+    name: str | None = _f(None, "run folder name (none = generated)")
+    resume: str | None = _f(None, "checkpoint to resume training from")
+    pretrained: str | None = _f(None, "checkpoint whose weights initialise the model")
+    teacher: str | None = _f(None, "teacher checkpoint for hard distillation (none = no distillation)")
+    distill_alpha: float = _f(0.5, "weight of the distillation term")
+    samples_per_class: int | None = _f(None, "keep only this many training images per class")
+    val_fraction: float = _f(0.0, "fraction of the training set held out for validation")
+    quiet: bool = _f(False, "print less")
+    time_limit: float | None = _f(None, "stop training after this many minutes")
+    eval_interval: int = _f(1, "evaluate every this many epochs")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        _validate(self)
+
+    @property
+    def scaled_lr(self) -> float:
+        """The peak learning rate for this batch size: lr * batch_size / lr_base_batch."""
+        return self.lr * self.batch_size / self.lr_base_batch
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (tuples as lists), ready for json or yaml.safe_dump."""
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build a config from a (possibly partial) dict of field names; unknown keys raise ValueError."""
+        _check_names(d, where="config")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed; unknown names raise ValueError."""
+        _check_names(changes, where="config")
+        return dataclasses.replace(self, **changes)
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
+
+
+def _check_names(d: dict[str, Any], *, where: str) -> None:
+    for key in d:
+        if key not in FIELD_NAMES:
+            raise ValueError(_unknown_message(key, where=where, candidates=FIELD_NAMES))
+
+
+def _unknown_message(key: Any, *, where: str, candidates: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(key), candidates, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; see the TrainConfig fields (cct train --help)"
+    return f"unknown key {key!r} in {where}{hint}"
+
+
+# --------------------------------------------------------------------------------------
+# Type coercion and validation (run on every construction, so replace() is checked too)
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    """(inner type, is_optional) for `X | None`."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _to_number(name: str, value: Any, kind: type) -> int | float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a {kind.__name__}, got the boolean {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())  # PyYAML reads 55e-5 (no dot) as a string
+        except ValueError:
+            raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a {kind.__name__}, got {type(value).__name__} {value!r}")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert `value` to the declared type of field `name` (numeric strings, lists, 'none')."""
+    inner, optional = _split_optional(_TYPES[name])
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NONE_STRINGS):
+        if not optional:
+            raise ValueError(f"{name} cannot be none")
+        return None
+    if inner is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "false", "no", "off"):
+            return value.strip().lower() in ("true", "yes", "on")
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if inner in (int, float):
+        return _to_number(name, value, inner)
+    if inner is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    if typing.get_origin(inner) is tuple:
+        if isinstance(value, (int, float, str)):
+            value = [value]
+        if optional and isinstance(value, (list, tuple)) and len(value) == 1 and str(value[0]).lower() in _NONE_STRINGS:
+            return None  # `--mean none` on the command line
+        if not isinstance(value, (list, tuple)) or len(value) == 0:
+            raise ValueError(f"{name} must be a list of numbers, got {value!r}")
+        return tuple(_to_number(name, v, float) for v in value)
+    raise TypeError(f"no coercion rule for field {name} of type {inner}")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _validate(c: TrainConfig) -> None:
+    _check(bool(c.model), "model must be a non-empty name")
+    for name in ("img_size", "num_classes", "samples_per_class"):
+        v = getattr(c, name)
+        _check(v is None or v >= 1, f"{name} must be >= 1 or none, got {v}")
+    for name in ("mean", "std"):
+        v = getattr(c, name)
+        _check(v is None or len(v) in (1, 3), f"{name} must have 1 or 3 values (one per channel), got {v}")
+    _check(c.std is None or all(s > 0 for s in c.std), f"std values must be > 0, got {c.std}")
+    _check(
+        c.mean is None or c.std is None or len(c.mean) == len(c.std),
+        f"mean and std must have the same length, got {c.mean} and {c.std}",
+    )
+    for name in ("epochs", "batch_size", "lr_base_batch", "eval_interval"):
+        _check(getattr(c, name) >= 1, f"{name} must be >= 1, got {getattr(c, name)}")
+    for name in ("warmup_epochs", "cooldown_epochs", "mixup_off_epoch", "workers", "min_lr", "warmup_lr"):
+        _check(getattr(c, name) >= 0, f"{name} must be >= 0, got {getattr(c, name)}")
+    _check(c.lr > 0, f"lr must be > 0, got {c.lr}")
+    _check(
+        c.warmup_epochs + c.cooldown_epochs <= c.epochs,
+        f"warmup_epochs ({c.warmup_epochs}) + cooldown_epochs ({c.cooldown_epochs}) must be <= epochs "
+        f"({c.epochs}); lower them or use the 'small' recipe, which scales them to the epochs",
+    )
+    _check(c.sched in SCHEDULES, f"sched must be one of {', '.join(SCHEDULES)}, got {c.sched!r}")
+    _check(c.opt in OPTIMIZERS, f"opt must be one of {', '.join(OPTIMIZERS)}, got {c.opt!r}")
+    _check(
+        c.interpolation in INTERPOLATIONS,
+        f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {c.interpolation!r}",
+    )
+    _check(len(c.betas) == 2 and all(0 <= b < 1 for b in c.betas), f"betas must be two values in [0, 1), got {c.betas}")
+    _check(c.eps > 0, f"eps must be > 0, got {c.eps}")
+    for name in ("weight_decay", "mixup", "cutmix"):
+        _check(getattr(c, name) >= 0, f"{name} must be >= 0, got {getattr(c, name)}")
+    for name in ("mixup_prob", "mixup_switch_prob", "reprob", "hflip", "distill_alpha"):
+        v = getattr(c, name)
+        _check(0 <= v <= 1, f"{name} must be in [0, 1], got {v}")
+    for name in ("smoothing", "val_fraction", "drop_path", "drop", "attn_drop"):
+        v = getattr(c, name)
+        _check(v is None or 0 <= v < 1, f"{name} must be in [0, 1), got {v}")
+    _check(0 < c.model_ema_decay < 1, f"model_ema_decay must be in (0, 1), got {c.model_ema_decay}")
+    _check(
+        len(c.scale) == 2 and 0 < c.scale[0] <= c.scale[1] <= 1,
+        f"scale must be two values 0 < low <= high <= 1, got {c.scale}",
+    )
+    _check(
+        len(c.ratio) == 2 and 0 < c.ratio[0] <= c.ratio[1], f"ratio must be two values 0 < low <= high, got {c.ratio}"
+    )
+    _check(c.aa is None or bool(c.aa.strip()), "aa must be a RandAugment policy such as 'rand-m9-mstd0.5-inc1' or none")
+    _check(c.clip_grad is None or c.clip_grad > 0, f"clip_grad must be > 0 or none, got {c.clip_grad}")
+    _check(c.time_limit is None or c.time_limit > 0, f"time_limit must be > 0 minutes or none, got {c.time_limit}")
+    _check(bool(c.device), "device must be auto, cpu, cuda, cuda:N or mps")
+    _check(bool(c.output), "output must be a folder name")
+
+
+# --------------------------------------------------------------------------------------
+# Named recipes
+
+# The fields a recipe sets: everything about how to train, nothing about what or where.
+_RECIPE_FIELDS = (
+    "epochs", "batch_size", "lr", "lr_base_batch", "min_lr", "warmup_epochs", "warmup_lr", "cooldown_epochs",
+    "sched", "opt", "betas", "eps", "weight_decay", "smoothing", "mixup", "cutmix", "mixup_prob",
+    "mixup_switch_prob", "mixup_off_epoch", "aa", "reprob", "scale", "ratio", "hflip", "interpolation", "amp",
+)  # fmt: skip
+_PAPER = {name: getattr(TrainConfig(), name) for name in _RECIPE_FIELDS}
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Hassani et al. 2021: 300 epochs, 10 warmup + 10 cooldown, AdamW 5.5e-4, RandAugment, mixup/cutmix.
+    "paper": dict(_PAPER),
+    # A few thousand images, or a brief run: the paper's recipe with warmup and cooldown scaled to the
+    # epochs (apply_recipe), so a 20-epoch run is not half warmup.
+    "small": {**_PAPER, "epochs": 100},
+    # sklearn's 8x8 digits upsampled to 16x16: RandAugment at magnitude 9 and mixup/cutmix wipe out
+    # 16x16 strokes, and digits are not mirror-symmetric.
+    "digits": {
+        **_PAPER,
+        "img_size": 16,
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "lr_base_batch": 64,
+        "aa": None,
+        "hflip": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "scale": (0.85, 1.0),
+    },
+}
+_SCALED_SCHEDULE = ("small", "digits")
+
+
+def apply_recipe(config: TrainConfig, recipe: str, *, epochs: int | None = None) -> TrainConfig:
+    """Return `config` with the named recipe's settings.
+
+    `epochs` overrides the recipe's epoch count; for the "small" and "digits" recipes warmup and cooldown
+    are derived from it: warmup = min(10, max(1, epochs // 20)), cooldown = min(10, epochs // 20),
+    and no warmup for runs of under 4 epochs.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
+    changes = dict(RECIPES[recipe])
+    if epochs is not None:
+        changes["epochs"] = epochs
+    if recipe in _SCALED_SCHEDULE:
+        n = _coerce("epochs", changes["epochs"])
+        changes["warmup_epochs"] = min(10, max(1, n // 20)) if n >= 4 else 0
+        changes["cooldown_epochs"] = min(10, n // 20)
+    return config.replace(**changes)
+
+
+# --------------------------------------------------------------------------------------
+# YAML files: ours (TrainConfig field names) and the authors' timm-style files
+
+# timm train.py options with a different name here: timm key -> our field.
+_TIMM_RENAMED = {
+    "data_dir": "data",
+    "experiment": "name",
+    "opt_eps": "eps",
+    "opt_betas": "betas",
+    "initial_checkpoint": "pretrained",
+    "torchcompile": "compile",
+    "distillation_alpha": "distill_alpha",
+}
+# timm options that would change training if set to something else than this (neutral) value.
+_TIMM_UNSUPPORTED = {
+    "vflip": 0,
+    "jsd_loss": False,
+    "bce_loss": False,
+    "cutmix_minmax": None,
+    "drop_block": None,
+    "drop_connect": None,
+    "layer_decay": None,
+    "aug_repeats": 0,
+    "aug_splits": 0,
+    "no_aug": False,
+    "lr_noise": None,
+    "epoch_repeats": 0,
+    "clip_mode": "norm",
+    "decay_milestones": None,
+    "warmup_prefix": False,
+    "model_kwargs": {},
+}
+# timm options with no meaning here (data loading, logging, distributed training, other schedules).
+_TIMM_IGNORED = (
+    "crop_pct", "train_interpolation", "remode", "recount", "resplit", "train_split", "val_split",
+    "dataset_download", "class_map", "gp", "input_size", "validation_batch_size", "channels_last",
+    "torchscript", "fuser", "grad_checkpointing", "momentum", "lr_base_scale", "lr_noise_pct",
+    "lr_noise_std", "lr_cycle_mul", "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay", "decay_epochs",
+    "decay_rate", "patience_epochs", "start_epoch", "color_jitter", "bce_target_thresh", "bn_momentum",
+    "bn_eps", "sync_bn", "dist_bn", "split_bn", "model_ema_force_cpu", "worker_seeding", "log_interval",
+    "recovery_interval", "checkpoint_hist", "save_images", "apex_amp", "native_amp", "amp_dtype",
+    "no_ddp_bb", "pin_mem", "no_prefetcher", "eval_metric", "tta", "local_rank", "use_multi_epochs_loader",
+    "log_wandb", "sched_on_updates", "no_resume_opt", "in_chans", "mixup_mode", "distillation_type",
+    "input_img_mode", "train_num_samples", "val_num_samples", "synchronize_step", "head_init_scale",
+    "head_init_bias", "train_crop_mode",
+)  # fmt: skip
+_TIMM_KEYS = tuple(_TIMM_RENAMED) + tuple(_TIMM_UNSUPPORTED) + _TIMM_IGNORED + ("lr_base", "lr_base_size")
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file into a dict of TrainConfig field names (values converted to the field types).
+
+    Accepts our own files (`yaml.safe_dump(config.to_dict())`) and the authors' timm-style files:
+    timm names are mapped (`opt_eps` -> `eps`, `data_dir` -> `data`, `input_size` -> `img_size`, ...),
+    timm options with no meaning here are logged and ignored, and a key that is neither raises ValueError.
+    As in timm, `lr` in a file is the rate for that file's `batch_size` unless it gives `lr_base_batch`.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as fh:
+        raw = yaml.safe_load(fh)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values, got {type(raw).__name__}")
+
+    where = str(path)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key).replace("-", "_")
+        if key in FIELD_NAMES:
+            if value is None and not _split_optional(_TYPES[key])[1]:
+                continue  # timm writes unset options as null
+            out[key] = value
+        elif key in _TIMM_RENAMED:
+            if value in (None, "", False):
+                continue  # timm's "not set"
+            out.setdefault(_TIMM_RENAMED[key], value)
+        elif key in ("lr_base", "lr_base_size"):
+            pass  # handled below
+        elif key == "input_size" and value is not None:  # timm: [channels, height, width]
+            if not (isinstance(value, list) and len(value) == 3 and value[1] == value[2]):
+                raise ValueError(f"{where}: input_size must be [channels, size, size] (square), got {value!r}")
+            out.setdefault("img_size", value[2])
+        elif key == "mixup_mode":
+            if value != "batch":
+                raise ValueError(f"{where}: mixup_mode {value!r} is not supported; only 'batch' is")
+        elif key == "distillation_type":
+            if value not in ("hard", "none", None):
+                raise ValueError(f"{where}: distillation_type {value!r} is not supported; only 'hard' is")
+        elif key in _TIMM_UNSUPPORTED:
+            if value != _TIMM_UNSUPPORTED[key]:
+                logger.warning("%s: timm option %s=%r is not supported here and is ignored", where, key, value)
+        elif key in _TIMM_IGNORED:
+            logger.info("%s: timm option %s=%r has no meaning here; ignored", where, key, value)
+        else:
+            raise ValueError(_unknown_message(key, where=where, candidates=FIELD_NAMES + _TIMM_KEYS))
+
+    # timm's `pretrained: True` downloads the weights of the named model; here `pretrained` is a file.
+    if isinstance(out.get("pretrained"), bool):
+        if out.pop("pretrained"):
+            logger.warning(
+                "%s: 'pretrained: True' (download weights) is not supported; pass --pretrained PATH", where
+            )
+    if "compile" in out and not isinstance(out["compile"], bool):
+        out["compile"] = True  # timm's torchcompile names a backend
+    # timm: without `lr`, the rate is lr_base for a batch of lr_base_size (default 256).
+    if raw.get("lr") is None and raw.get("lr_base") is not None:
+        out["lr"] = raw["lr_base"]
+        out.setdefault("lr_base_batch", raw.get("lr_base_size") or 256)
+    if "lr" in out and "batch_size" in out and "lr_base_batch" not in out:
+        out["lr_base_batch"] = out["batch_size"]
+
+    return {name: _coerce(name, value) for name, value in out.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+
+
+def _none_or(kind: type) -> Any:
+    """argparse type for an optional field: 'none' is kept as the string (coerced later), else `kind`."""
+
+    def parse(text: str) -> Any:
+        if text.strip().lower() in _NONE_STRINGS:
+            return "none"  # not None, so config_from_args can tell the option was given
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} or 'none', got {text!r}") from None
+
+    parse.__name__ = f"{kind.__name__}_or_none"
+    return parse
+
+
+_PATH_FIELDS = ("data", "output", "resume", "pretrained", "teacher")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--kebab-case` option per TrainConfig field; every default is None (= not given)."""
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        inner, optional = _split_optional(_TYPES[f.name])
+        default = getattr(defaults, f.name)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f.metadata["help"]
+        if default is not None:
+            help_text += f" (default: {shown})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
+        flag = "--" + f.name.replace("_", "-")
+        if inner is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(inner) is tuple:
+            kind = _none_or(float) if optional else float
+            parser.add_argument(flag, nargs="+", type=kind, default=None, metavar="X", help=help_text)
+        else:
+            kind = _none_or(inner) if optional else inner
+            metavar = "PATH" if f.name in _PATH_FIELDS else {int: "N", float: "X"}.get(inner, "NAME")
+            parser.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    """`base` with the options the user actually gave on the command line."""
+    return base.replace(**explicit_args(args))
+
+
+def explicit_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig options the user actually gave on the command line, by field name."""
+    return {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
+
+
+def resolve_config(
+    *,
+    recipe: str | None = None,
+    yaml_path: str | Path | None = None,
+    args: argparse.Namespace | None = None,
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """Merge, lowest precedence first: `base` (default TrainConfig()) < recipe < YAML file < command line.
+
+    The recipe's epoch-scaled warmup/cooldown follow the final `epochs` (from the YAML file or the command
+    line when they give it), unless those also set warmup/cooldown themselves.
+    """
+    config = base if base is not None else TrainConfig()
+    from_yaml = load_yaml_config(yaml_path) if yaml_path is not None else {}
+    from_cli = explicit_args(args) if args is not None else {}
+    given = {**from_yaml, **from_cli}
+    if recipe is not None:
+        config = apply_recipe(config, recipe, epochs=given.get("epochs"))
+    return config.replace(**given)  # one replace: validated once, on the merged result

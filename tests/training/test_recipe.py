@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compact_transformers.training.recipe import (
+    RECIPES,
+    TrainConfig,
+    add_config_arguments,
+    apply_recipe,
+    config_from_args,
+    load_yaml_config,
+    resolve_config,
+)
+
+REF_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference-configs"
+REF_FILES = sorted(REF_DIR.glob("*.yml")) if REF_DIR.is_dir() else []
+_NO_REF = pytest.param(
+    None,
+    marks=pytest.mark.skip(reason=f"{REF_DIR} is absent (the authors' configs live only in the project workspace)"),
+)
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    return path
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return parser
+
+
+# --- TrainConfig -------------------------------------------------------------------------
+
+
+def test_defaults_are_the_paper_recipe():
+    c = TrainConfig()
+    assert (c.epochs, c.warmup_epochs, c.cooldown_epochs, c.batch_size) == (300, 10, 10, 128)
+    assert (c.lr, c.min_lr, c.warmup_lr, c.weight_decay, c.smoothing) == (5.5e-4, 1e-5, 1e-5, 0.06, 0.1)
+    assert (c.mixup, c.cutmix, c.mixup_switch_prob) == (0.8, 1.0, 0.5)
+    assert c.aa == "rand-m9-mstd0.5-inc1" and c.opt == "adamw" and c.betas == (0.9, 0.999)
+
+
+def test_scaled_lr_is_linear_in_batch_size():
+    assert TrainConfig(batch_size=256).scaled_lr == pytest.approx(2 * 5.5e-4)
+    assert TrainConfig(batch_size=32, lr=1e-3, lr_base_batch=64).scaled_lr == pytest.approx(5e-4)
+
+
+def test_dict_round_trip_and_yaml_round_trip(tmp_path):
+    c = TrainConfig(model="cct_7_3x1_32", mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), aa=None, clip_grad=1.0)
+    d = c.to_dict()
+    assert d["mean"] == [0.5, 0.4, 0.3] and isinstance(d["betas"], list)
+    assert TrainConfig.from_dict(d) == c
+    path = tmp_path / "saved.yml"
+    path.write_text(yaml.safe_dump(d))
+    assert TrainConfig.from_dict(load_yaml_config(path)) == c
+
+
+def test_unknown_key_names_it_and_suggests_close_matches():
+    with pytest.raises(ValueError, match=r"'warmup_epoch'.*'warmup_epochs'"):
+        TrainConfig.from_dict({"warmup_epoch": 3})
+    with pytest.raises(ValueError, match=r"'batchsize'.*'batch_size'"):
+        TrainConfig().replace(batchsize=3)
+
+
+def test_coercion_of_strings_and_lists():
+    c = TrainConfig.from_dict({"lr": "55e-5", "epochs": "20", "mean": [0.5], "std": [0.25], "aa": "none"})
+    assert c.lr == pytest.approx(5.5e-4) and c.epochs == 20 and isinstance(c.epochs, int)
+    assert c.mean == (0.5,) and c.std == (0.25,) and c.aa is None
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"sched": "step"}, "sched must be one of"),
+        ({"opt": "lamb"}, "opt must be one of"),
+        ({"epochs": 15}, r"warmup_epochs \(10\) \+ cooldown_epochs \(10\) must be <= epochs \(15\)"),
+        ({"epochs": 2.5}, "whole number"),
+        ({"lr": "fast"}, "lr must be a float"),
+        ({"amp": "maybe"}, "amp must be true or false"),
+        ({"smoothing": 1.0}, r"smoothing must be in \[0, 1\)"),
+        ({"scale": (0.9, 0.5)}, "scale must be two values"),
+        ({"epochs": None}, "epochs cannot be none"),
+    ],
+)
+def test_bad_values_raise_clear_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig().replace(**changes)
+
+
+# --- recipes -----------------------------------------------------------------------------
+
+
+def test_paper_recipe_equals_defaults():
+    assert apply_recipe(TrainConfig(), "paper") == TrainConfig()
+
+
+@pytest.mark.parametrize("epochs, warmup, cooldown", [(300, 10, 10), (100, 5, 5), (40, 2, 2), (10, 1, 0), (2, 0, 0)])
+def test_small_recipe_scales_warmup_and_cooldown(epochs, warmup, cooldown):
+    c = apply_recipe(TrainConfig(), "small", epochs=epochs)
+    assert (c.epochs, c.warmup_epochs, c.cooldown_epochs) == (epochs, warmup, cooldown)
+    assert c.lr == TrainConfig().lr
+
+
+def test_digits_recipe():
+    c = apply_recipe(TrainConfig(model="cct_2_3x2_32", dataset="digits"), "digits")
+    assert c.img_size == 16 and c.aa is None and c.hflip == 0.0 and c.mixup == 0.0 and c.cutmix == 0.0
+    assert c.epochs == 30 and c.batch_size == 64 and c.warmup_epochs == 1
+    assert c.dataset == "digits"  # a recipe leaves what is trained alone
+
+
+def test_recipe_overrides_earlier_values_and_unknown_recipe_lists_names():
+    assert apply_recipe(TrainConfig(lr=1.0), "paper").lr == TrainConfig().lr
+    with pytest.raises(ValueError, match="paper, small, digits"):
+        apply_recipe(TrainConfig(), "tiny")
+    assert set(RECIPES) >= {"paper", "small", "digits"}
+
+
+# --- YAML --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", REF_FILES or [_NO_REF], ids=lambda p: p.name if p else "absent")
+def test_authors_yaml_files_parse(path):
+    raw = yaml.safe_load(path.read_text())
+    loaded = load_yaml_config(path)
+    c = TrainConfig().replace(**loaded)
+    assert c.lr == pytest.approx(float(raw["lr"]))
+    assert c.scaled_lr == pytest.approx(float(raw["lr"]))  # the file's lr is for the file's batch size
+    assert c.weight_decay == pytest.approx(float(raw["weight_decay"]))
+    assert c.min_lr == pytest.approx(float(raw["min_lr"]))
+    assert (c.epochs, c.batch_size, c.mixup_off_epoch) == (raw["epochs"], raw["batch_size"], raw["mixup_off_epoch"])
+    assert (c.dataset, c.num_classes, c.img_size) == (raw["dataset"], raw["num_classes"], raw["img_size"])
+    assert c.mean == tuple(raw["mean"]) and c.std == tuple(raw["std"]) and c.scale == tuple(raw["scale"])
+    assert c.aa == raw["aa"] and c.reprob == pytest.approx(float(raw["reprob"]))
+    assert c.model == raw.get("model", TrainConfig().model)
+    assert c.pretrained is None  # `pretrained: True` (download) is not a file path
+
+
+@pytest.mark.skipif(not (REF_DIR / "datasets__cifar10.yml").is_file(), reason=f"{REF_DIR} is absent")
+def test_authors_cifar10_values():
+    c = TrainConfig().replace(**load_yaml_config(REF_DIR / "datasets__cifar10.yml"))
+    assert c.lr == 0.00055 and c.mixup_off_epoch == 175 and c.reprob == 0.25 and c.workers == 8
+    assert c.mean == (0.4914, 0.4822, 0.4465) and c.scale == (0.8, 1.0) and c.num_classes == 10
+
+
+def test_yaml_timm_keys_mapped_or_ignored(tmp_path, caplog):
+    path = write_yaml(
+        tmp_path,
+        "opt_eps: 1e-6\nopt_betas: [0.8, 0.99]\ninput_size: [3, 24, 24]\ncrop_pct: 0.9\n"
+        "experiment: demo\ninitial_checkpoint: w.safetensors\nmixup_mode: batch\nweight_decay: 6e-2\n",
+    )
+    with caplog.at_level(logging.INFO, logger="compact_transformers.training.recipe"):
+        d = load_yaml_config(path)
+    assert d == {
+        "eps": 1e-6, "betas": (0.8, 0.99), "img_size": 24, "name": "demo",
+        "pretrained": "w.safetensors", "weight_decay": 0.06,
+    }  # fmt: skip
+    assert "crop_pct" in caplog.text
+
+
+def test_yaml_lr_base_uses_timm_base_batch(tmp_path):
+    d = load_yaml_config(write_yaml(tmp_path, "lr_base: 1e-3\nbatch_size: 128\n"))
+    assert TrainConfig().replace(**d).scaled_lr == pytest.approx(1e-3 * 128 / 256)
+
+
+def test_yaml_unknown_key_and_unsupported_values(tmp_path):
+    with pytest.raises(ValueError, match=r"'learning_rate'"):
+        load_yaml_config(write_yaml(tmp_path, "learning_rate: 0.1\n"))
+    with pytest.raises(ValueError, match=r"mixup_mode 'elem' is not supported"):
+        load_yaml_config(write_yaml(tmp_path, "mixup_mode: elem\n"))
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_yaml_config(write_yaml(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ValueError, match="opt must be one of"):
+        TrainConfig().replace(**load_yaml_config(write_yaml(tmp_path, "opt: lamb\n")))
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_yaml_config(tmp_path / "missing.yml")
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def test_parser_has_one_option_per_field_and_defaults_none():
+    parser = make_parser()
+    args = parser.parse_args([])
+    assert all(getattr(args, name) is None for name in TrainConfig().to_dict())
+    assert config_from_args(args, TrainConfig(epochs=40, warmup_epochs=2)) == TrainConfig(epochs=40, warmup_epochs=2)
+    assert "--batch-size" in parser.format_help() and "--no-amp" in parser.format_help()
+
+
+def test_cli_options_parse_to_fields():
+    args = make_parser().parse_args(
+        ["--batch-size", "32", "--no-amp", "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.2", "0.2",
+         "--aa", "none", "--clip-grad", "1.5", "--model-ema", "--scale", "0.5", "1"]
+    )  # fmt: skip
+    c = config_from_args(args, TrainConfig())
+    assert c.batch_size == 32 and c.amp is False and c.model_ema is True
+    assert c.mean == (0.5, 0.4, 0.3) and c.aa is None and c.clip_grad == 1.5 and c.scale == (0.5, 1.0)
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["--epochs", "many"])
+
+
+def test_precedence_recipe_then_yaml_then_cli(tmp_path):
+    path = write_yaml(tmp_path, "epochs: 40\nlr: 1e-3\nweight_decay: 0.01\n")
+    args = make_parser().parse_args(["--lr", "2e-3", "--no-amp"])
+    c = resolve_config(recipe="small", yaml_path=path, args=args)
+    assert c.epochs == 40 and c.weight_decay == 0.01  # YAML over recipe
+    assert c.warmup_epochs == 2 and c.cooldown_epochs == 2  # recipe scaling follows the final epochs
+    assert c.lr == 2e-3 and c.amp is False  # command line over YAML
+
+    args = make_parser().parse_args(["--epochs", "100", "--warmup-epochs", "7"])
+    c = resolve_config(recipe="small", yaml_path=path, args=args)
+    assert (c.epochs, c.warmup_epochs, c.cooldown_epochs) == (100, 7, 5)
+    assert resolve_config() == TrainConfig()
