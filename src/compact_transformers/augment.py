@@ -252,8 +252,8 @@ _LUT_OPS = ("AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "Sola
 _GEOMETRIC_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 
 
-def _ra_argument(name: str, level: torch.Tensor, sign: torch.Tensor, increasing: bool) -> torch.Tensor:
-    """timm's level_to_arg for one op: level = magnitude / 10 per sample, sign = +-1 (CPU tensors)."""
+def _ra_argument(name: str, level: float, sign: float, increasing: bool) -> float:
+    """timm's level_to_arg for one op application: level = magnitude / 10, sign = +-1."""
     if name == "Rotate":
         return 30.0 * level * sign  # degrees
     if name in ("ShearX", "ShearY"):
@@ -261,14 +261,14 @@ def _ra_argument(name: str, level: torch.Tensor, sign: torch.Tensor, increasing:
     if name in ("TranslateXRel", "TranslateYRel"):
         return 0.45 * level * sign  # fraction of the image size
     if name == "SolarizeAdd":
-        return torch.floor(110 * level)
+        return float(int(110 * level))
     if name == "Posterize":  # bits kept
-        return 4 - torch.floor(4 * level) if increasing else torch.floor(4 * level)
+        return float(4 - int(4 * level) if increasing else int(4 * level))
     if name == "Solarize":  # threshold
-        return 256 - torch.floor(256 * level) if increasing else torch.floor(256 * level)
+        return float(256 - int(256 * level) if increasing else int(256 * level))
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):  # enhance factor
         return 1.0 + 0.9 * level * sign if increasing else 0.1 + 1.8 * level
-    return torch.zeros_like(level)  # AutoContrast, Equalize, Invert take no argument
+    return 0.0  # AutoContrast, Equalize, Invert take no argument
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -327,13 +327,14 @@ def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
 def _sharpen(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL ImageEnhance.Sharpness: blend with the SMOOTH-filtered image (border pixels kept)."""
     # SMOOTH = [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (3x3 box sum + 4 * centre) / 13
-    box_sum = F.avg_pool2d(x, kernel_size=3, stride=1) * 9
+    rows = x[:, :, :, :-2] + x[:, :, :, 1:-1] + x[:, :, :, 2:]
+    box_sum = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]
     smooth = x.clone()
     smooth[:, :, 1:-1, 1:-1] = torch.round((box_sum + 4 * x[:, :, 1:-1, 1:-1]) / 13)
     return _blend(smooth, x, factor)
 
 
-def _affine_thetas(kinds: list[str], arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _affine_thetas(kinds: list[str], arg: list[float], height: int, width: int) -> torch.Tensor:
     """(k, 2, 3) output -> input maps in grid_sample's normalized coordinates (align_corners=False).
 
     Each op is first written in PIL's pixel convention p_in = A p_out + t (pixel centres at
@@ -342,7 +343,7 @@ def _affine_thetas(kinds: list[str], arg: torch.Tensor, height: int, width: int)
     """
     sx, sy = width / 2.0, height / 2.0
     thetas = []
-    for kind, a in zip(kinds, arg.tolist()):
+    for kind, a in zip(kinds, arg):
         a00, a01, a10, a11, t0, t1 = 1.0, 0.0, 0.0, 1.0, 0.0, 0.0
         if kind == "ShearX":
             a01 = a
@@ -365,8 +366,15 @@ def _affine_thetas(kinds: list[str], arg: torch.Tensor, height: int, width: int)
 
 def _warp(x: torch.Tensor, thetas: torch.Tensor, fill: torch.Tensor, mode: str) -> torch.Tensor:
     """Affine warp with PIL semantics: pixels whose source centre lies outside the image get `fill`."""
-    grid = F.affine_grid(thetas, list(x.shape), align_corners=False)
-    inside = ((grid >= -1) & (grid < 1)).all(dim=-1).unsqueeze(1)
+    k, _, height, width = x.shape
+    # normalized output pixel centres (align_corners=False); broadcasting beats affine_grid's tiny bmm
+    xs = ((torch.arange(width, device=x.device, dtype=torch.float32) + 0.5) * (2.0 / width) - 1).view(1, 1, width)
+    ys = ((torch.arange(height, device=x.device, dtype=torch.float32) + 0.5) * (2.0 / height) - 1).view(1, height, 1)
+    t = thetas.view(k, 6, 1, 1).unbind(1)
+    gx = t[0] * xs + t[1] * ys + t[2]
+    gy = t[3] * xs + t[4] * ys + t[5]
+    inside = ((gx >= -1) & (gx < 1) & (gy >= -1) & (gy < 1)).unsqueeze(1)
+    grid = torch.stack([gx, gy], dim=-1)
     warped = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
     # PIL truncates; the epsilon absorbs float error on exact values (e.g. whole-pixel shifts)
     return torch.where(inside, torch.floor(warped + 1e-3).clamp_(0, 255), fill.view(1, -1, 1, 1))
@@ -453,25 +461,24 @@ class TrainAugment(torch.nn.Module):
             magnitude = torch.rand(batch) * ra.magnitude
         else:
             magnitude = ra.magnitude + ra.magnitude_std * torch.randn(batch)
-        level = magnitude.clamp(0.0, ra.magnitude_max) / 10.0
-        sign = 1.0 - 2.0 * (u[1] < 0.5).float()
+        levels = (magnitude.clamp(0.0, ra.magnitude_max) / 10.0).tolist()
+        signs = torch.where(u[1] < 0.5, -1.0, 1.0).tolist()
         by_op: dict[str, list[int]] = {name: [] for name in _RA_OPS}
         for i, (o, applied) in enumerate(zip(op.tolist(), (u[0] < ra.prob).tolist())):
             if applied:
                 by_op[_RA_OPS[o]].append(i)
 
-        def group(names: tuple[str, ...]) -> tuple[list[str], list[int], torch.Tensor, torch.Tensor]:
-            """Samples of these ops ordered by op: (op per sample, lengths, indices, arguments)."""
+        def group(names: tuple[str, ...]) -> tuple[list[str], list[int], torch.Tensor, list[float]]:
+            """Samples of these ops ordered by op: (op names present, counts, indices, arguments)."""
             present = [n for n in names if by_op[n]]
             idx = [i for n in present for i in by_op[n]]
-            index = torch.tensor(idx, dtype=torch.long)
-            args = [_ra_argument(n, level[by_op[n]], sign[by_op[n]], ra.increasing) for n in present]
-            return present, [len(by_op[n]) for n in present], index, torch.cat(args) if args else level[:0]
+            args = [_ra_argument(n, levels[i], signs[i], ra.increasing) for n in present for i in by_op[n]]
+            return present, [len(by_op[n]) for n in present], torch.tensor(idx, dtype=torch.long), args
 
         # pointwise ops: one lookup table per sample and channel, a single gather for all of them
         names, counts, index, args = group(_LUT_OPS)
         if names:
-            g, args = index.to(device), args.to(device)
+            g, args = index.to(device), torch.tensor(args, device=device)
             xs = x.index_select(0, g)
             v = torch.arange(256, device=device, dtype=torch.float32).view(1, 1, 256)
             tables, start = [], 0
@@ -483,11 +490,11 @@ class TrainAugment(torch.nn.Module):
         if names and channels == 3:  # saturation; a no-op on grey images, as in PIL
             g = index.to(device)
             xs = x.index_select(0, g)
-            x.index_copy_(0, g, _blend(_gray(xs), xs, args.to(device)))
+            x.index_copy_(0, g, _blend(_gray(xs), xs, torch.tensor(args, device=device)))
         names, _, index, args = group(("Sharpness",))
         if names and height >= 3 and width >= 3:
             g = index.to(device)
-            x.index_copy_(0, g, _sharpen(x.index_select(0, g), args.to(device)))
+            x.index_copy_(0, g, _sharpen(x.index_select(0, g), torch.tensor(args, device=device)))
         names, counts, index, args = group(_GEOMETRIC_OPS)
         if names:
             g = index.to(device)

@@ -140,6 +140,7 @@ class TextCompactTransformer(nn.Module):
                 pool_padding=config.pool_padding,
                 max_pool=is_cct,
                 activation=is_cct,
+                keep_partial_patch=not is_cct,
             )
             embed_dim, seq_len = config.embed_dim, int(self.tokenizer.output_length(config.seq_len))
             if seq_len < 1:
@@ -184,6 +185,11 @@ class TextCompactTransformer(nn.Module):
             token_mask = None
             if lengths is not None:
                 token_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        if token_mask is not None:
+            # A text of padding only would leave attention and pooling nothing to attend to (NaN logits):
+            # let it keep its first token.
+            first = torch.arange(x.shape[1], device=x.device)[None, :] == 0
+            token_mask = token_mask | (first & ~token_mask.any(dim=1, keepdim=True))
         if self.classifier.positional_emb is not None:
             # Pad to the length the positional embedding was built for; the padding is masked out.
             missing = self.classifier.seq_len - self.classifier.num_prefix_tokens - x.shape[1]

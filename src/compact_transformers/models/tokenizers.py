@@ -113,6 +113,11 @@ class TextConvTokenizer(nn.Module):
     The sequence of word vectors is treated as a 1-channel image of seq_len x word_dim. Masks are
     propagated with the same length arithmetic as the layers, and positions past the valid length are
     zeroed before pooling, so appending padding to a sequence never changes the valid tokens.
+
+    ``keep_partial_patch`` (ViT-Lite / CVT, stride = kernel): the sequence is right-padded with zeros to
+    a whole number of patches and a last patch holding fewer than ``kernel_size`` words is a valid token;
+    otherwise the last words of a text would be dropped, and a text shorter than one patch would have no
+    token at all.
     """
 
     def __init__(
@@ -127,9 +132,13 @@ class TextConvTokenizer(nn.Module):
         pool_padding: int = 1,
         max_pool: bool = True,
         activation: bool = True,
+        keep_partial_patch: bool = False,
     ) -> None:
         super().__init__()
+        if keep_partial_patch and (stride != kernel_size or padding != 0 or max_pool):
+            raise ValueError("keep_partial_patch needs stride == kernel_size, padding 0 and no pooling")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.keep_partial_patch = keep_partial_patch
         self.pool = (pool_kernel, pool_stride, pool_padding) if max_pool else None
         self.activation = activation
         # Same key layout as the reference: conv_layers.0 (conv), .1 (activation), .2 (pool).
@@ -146,8 +155,14 @@ class TextConvTokenizer(nn.Module):
             nn.Identity(),
         )
 
+    def conv_length(self, length: torch.Tensor | int) -> torch.Tensor | int:
+        """Valid outputs of the convolution for ``length`` valid inputs."""
+        if self.keep_partial_patch:
+            return (length + self.stride - 1) // self.stride
+        return (length + 2 * self.padding - self.kernel_size) // self.stride + 1
+
     def output_length(self, length: torch.Tensor | int) -> torch.Tensor | int:
-        length = (length + 2 * self.padding - self.kernel_size) // self.stride + 1
+        length = self.conv_length(length)
         if self.pool is not None:
             kernel, stride, padding = self.pool
             length = (length + 2 * padding - kernel) // stride + 1
@@ -157,9 +172,11 @@ class TextConvTokenizer(nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, L, word_dim); lengths: valid tokens per row. Returns tokens (B, N, d) and new lengths."""
+        if self.keep_partial_patch and x.shape[1] % self.stride:
+            x = F.pad(x, (0, 0, 0, self.stride - x.shape[1] % self.stride))
         x = self.conv_layers[1](self.conv_layers[0](x[:, None])).squeeze(-1)  # (B, d, L')
         if lengths is not None:
-            conv_lengths = (lengths + 2 * self.padding - self.kernel_size) // self.stride + 1
+            conv_lengths = self.conv_length(lengths)
             valid = torch.arange(x.shape[-1], device=x.device)[None, :] < conv_lengths[:, None]
             # 0 is neutral for max-pooling only after a ReLU; without activation there is no pooling.
             x = x * valid[:, None, :].to(x.dtype)

@@ -219,6 +219,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         train_model = torch.compile(train_model)
 
     start_epoch, start_step, best_top1, history, partial = 0, 0, -1.0, [], None
+    fitted: dict | None = None  # epochs/warmup/cooldown fitted to --time-limit after the first epoch
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -227,8 +228,14 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        fitted = state.get("fitted_schedule")
+        if fitted:
+            config = config.replace(**state["fitted_schedule"])
+            scaled = scaled.replace(**state["fitted_schedule"])
+            schedule = LRSchedule.from_config(optimizer, scaled, steps_per_epoch=steps_per_epoch)
+            schedule.load_state_dict(state["schedule"])
         best_top1, partial = state["best_top1"], state.get("partial")
-        history = [r for r in _read_history(run_dir) if r["epoch"] < start_epoch]
+        history = [r for r in _read_history(run_dir) if r["epoch"] <= start_epoch]
     elif info.is_main:
         run_dir.mkdir(parents=True, exist_ok=False)
         _write_config(run_dir / CONFIG_FILE, config)
@@ -248,6 +255,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rngs, "epoch": epoch, "step_in_epoch": step_in_epoch,
                 "best_top1": best_top1, "partial": partial_sums, "world_size": info.world_size,
+                "fitted_schedule": fitted,
                 **({"ema": ema.state_dict()} if ema is not None else {}),
             },
         )  # fmt: skip
@@ -256,7 +264,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     interrupted = False
     epoch = start_epoch
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, config.epochs):
+        epoch = start_epoch - 1
+        while epoch + 1 < config.epochs:
+            epoch += 1
             order = _epoch_order(train_images.shape[0], config.seed, epoch)
             mixing = (config.mixup > 0 or config.cutmix > 0) and not (
                 config.mixup_off_epoch and epoch >= config.mixup_off_epoch
@@ -266,7 +276,10 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             progress = _progress(config, info, epoch, steps_per_epoch, start_step)
             train_model.train()
             tick = time.perf_counter()
+            half_tick = None  # steady-state timing for --time-limit (the first steps include warm-up)
             for step in range(start_step, steps_per_epoch):
+                if step == steps_per_epoch // 2:
+                    half_tick = time.perf_counter()
                 batch_index = order[step * global_batch + info.rank * local_batch:][:local_batch].to(device)
                 labels = train_labels[batch_index]
                 inputs = train_transform(train_images[batch_index])
@@ -342,6 +355,16 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 if val.top1 > best_top1:
                     best_top1 = val.top1
                     checkpoint("best", epoch + 1, 0, None)
+            if config.time_limit is not None and state is None and epoch == 0 and not stopped:
+                steady = 2 * (time.perf_counter() - half_tick) if half_tick is not None else seconds
+                epoch_estimate = steady + (time.perf_counter() - tick - seconds)  # + evaluation time
+                fitted = fit_schedule_to_time(config, time.monotonic() - started, epoch_estimate)
+                if fitted is not None:
+                    config, scaled = config.replace(**fitted), scaled.replace(**fitted)
+                    schedule = LRSchedule.from_config(optimizer, scaled, steps_per_epoch=steps_per_epoch)
+                    if info.is_main:
+                        logger.info("time limit %.1f min: schedule fitted to %d epochs", config.time_limit,
+                                    config.epochs)
             history.append(record)
             checkpoint("last", epoch + 1, 0, None)
             if info.is_main:
@@ -350,6 +373,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             if stopped:
                 interrupted = stop.signal is not None
                 break
+
     epochs_done = len(history)
     if interrupted:
         logger.warning("interrupted after epoch %d: continue with `cct train --resume %s`", epochs_done, run_dir)
@@ -386,6 +410,21 @@ def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: n
         summary = ", ".join(f"{n} top-1 {final[n]['top1']:.2f}%" for n, _ in splits)
         logger.info("done: %s; run directory %s", summary, run_dir)
     return final
+
+
+def fit_schedule_to_time(config: TrainConfig, elapsed: float, epoch_seconds: float) -> dict | None:
+    """Shrink epochs (and warmup/cooldown proportionally) so the whole schedule fits ``time_limit``, after
+    the first epoch took ``elapsed`` seconds and later ones are expected to take ``epoch_seconds``; None
+    when the configured epochs already fit."""
+    remaining = 0.98 * config.time_limit * 60 - elapsed
+    fit = 1 + int(max(remaining, 0.0) // max(epoch_seconds, 1e-6))
+    if fit >= config.epochs:
+        return None
+    epochs = max(1, fit)
+    ratio = epochs / config.epochs
+    warmup = min(config.warmup_epochs, round(config.warmup_epochs * ratio))
+    cooldown = min(config.cooldown_epochs, round(config.cooldown_epochs * ratio), epochs - warmup)
+    return {"epochs": epochs, "warmup_epochs": warmup, "cooldown_epochs": max(0, cooldown)}
 
 
 def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: nn.Module,

@@ -1,0 +1,1 @@
+"""Bridges to other tools (export formats); they import ``models`` only."""

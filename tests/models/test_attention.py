@@ -1,0 +1,107 @@
+"""The fused SDPA attention path computes what the explicit (reference) path computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compact_transformers.models import TextCompactTransformer, TextConfig, create_model
+from compact_transformers.models.layers import Attention
+
+NO_DROPOUT = dict(attn_dropout=0.0, drop_path=0.0, dropout=0.0)
+
+
+def _pair(name: str, **overrides: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    sdpa = create_model(name, attn_impl="sdpa", **NO_DROPOUT, **overrides)
+    explicit = create_model(name, attn_impl="explicit", **NO_DROPOUT, **overrides)
+    explicit.load_state_dict(sdpa.state_dict())
+    return sdpa, explicit
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["cct_2_3x2_32", "vit_2_4_32"])
+def test_sdpa_equals_explicit_in_eval(name: str) -> None:
+    sdpa, explicit = _pair(name)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa.eval()(images), explicit.eval()(images), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["cvt_2_4_32", "vit_2_4_32"])
+def test_sdpa_equals_explicit_in_training_forward_and_backward(name: str) -> None:
+    sdpa, explicit = _pair(name)
+    sdpa.train(), explicit.train()
+    images = torch.randn(3, 3, 32, 32)
+    target = torch.tensor([1, 4, 7])
+    out_s, out_e = sdpa(images), explicit(images)
+    torch.testing.assert_close(out_s, out_e, atol=1e-5, rtol=0)
+    torch.nn.functional.cross_entropy(out_s, target).backward()
+    torch.nn.functional.cross_entropy(out_e, target).backward()
+    grads_s, grads_e = _grads(sdpa), _grads(explicit)
+    assert grads_s.keys() == grads_e.keys() and "classifier.blocks.0.self_attn.qkv.weight" in grads_s
+    for key in grads_s:
+        torch.testing.assert_close(grads_s[key], grads_e[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_auto_switches_between_the_two() -> None:
+    attention = Attention(dim=16, num_heads=2, attn_dropout=0.0, impl="auto")
+    x = torch.randn(2, 5, 16)
+    explicit = Attention(dim=16, num_heads=2, attn_dropout=0.0, impl="explicit")
+    explicit.load_state_dict(attention.state_dict())
+    torch.testing.assert_close(attention.eval()(x), explicit.eval()(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(attention.train()(x), explicit.train()(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_sdpa_equals_explicit_with_a_key_padding_mask(training: bool) -> None:
+    sdpa = Attention(dim=32, num_heads=4, attn_dropout=0.0, impl="sdpa")
+    explicit = Attention(dim=32, num_heads=4, attn_dropout=0.0, impl="explicit")
+    explicit.load_state_dict(sdpa.state_dict())
+    sdpa.train(training), explicit.train(training)
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 4, 1])[:, None]
+    out_s, out_e = sdpa(x, attn_mask=mask), explicit(x2, attn_mask=mask)
+    torch.testing.assert_close(out_s, out_e, atol=1e-5, rtol=0)
+    weights = torch.randn_like(out_s)
+    (out_s * weights).sum().backward()
+    (out_e * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sdpa.qkv.weight.grad, explicit.qkv.weight.grad, atol=1e-5, rtol=0)
+    # masked keys really are ignored: changing them leaves the rows of that sample unchanged
+    changed = x.detach().clone()
+    changed[1, 4:] = torch.randn(3, 32)
+    with torch.no_grad():
+        before = explicit(x.detach(), attn_mask=mask)[1, :4]
+        after = explicit(changed, attn_mask=mask)[1, :4]
+    torch.testing.assert_close(before, after, atol=1e-6, rtol=0)
+
+
+def test_sdpa_equals_explicit_in_a_padded_text_model() -> None:
+    base = dict(family="cct", vocab_size=40, word_dim=16, embed_dim=32, num_heads=2, num_layers=1,
+                seq_len=16, num_classes=3, kernel_size=2, positional_embedding="learnable", **NO_DROPOUT)
+    sdpa = TextCompactTransformer(TextConfig(attn_impl="sdpa", **base))
+    explicit = TextCompactTransformer(TextConfig(attn_impl="explicit", **base))
+    explicit.load_state_dict(sdpa.state_dict())
+    ids = torch.randint(2, 40, (3, 16))
+    ids[1, 9:] = 1  # padding_idx 1
+    ids[2, 3:] = 1
+    out_s, out_e = sdpa(ids), explicit(ids)
+    torch.testing.assert_close(out_s, out_e, atol=1e-5, rtol=0)
+    out_s.square().sum().backward()
+    out_e.square().sum().backward()
+    for (key, p_s), p_e in zip(sdpa.named_parameters(), explicit.parameters()):
+        torch.testing.assert_close(p_s.grad, p_e.grad, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_attention_dropout_is_active_only_in_training() -> None:
+    for impl in ("sdpa", "explicit"):
+        attention = Attention(dim=16, num_heads=2, attn_dropout=0.5, impl=impl)
+        x = torch.randn(2, 9, 16)
+        attention.train()
+        assert not torch.allclose(attention(x), attention(x))
+        attention.eval()
+        torch.testing.assert_close(attention(x), attention(x))

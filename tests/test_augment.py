@@ -1,0 +1,363 @@
+"""Tests for compact_transformers.augment (batched train/eval transforms, Mixup/CutMix)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compact_transformers.augment import (
+    AugmentConfig,
+    EvalTransform,
+    MixParams,
+    MixupCutmix,
+    RandAugmentSpec,
+    TrainAugment,
+    parse_randaugment,
+    smooth_one_hot,
+)
+from compact_transformers import augment as aug_mod
+
+MEAN3, STD3 = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def smooth_images(batch: int, channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Random but locally smooth uint8 images (closer to photos than white noise)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, channels, height // 4 + 1, width // 4 + 1, generator=g) * 255
+    x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def config(channels: int = 3, size: tuple[int, int] = (32, 32), **overrides) -> AugmentConfig:
+    mean, std = (MEAN3, STD3) if channels == 3 else ((0.1307,), (0.3081,))
+    return AugmentConfig(image_size=size, mean=mean, std=std, **overrides)
+
+
+# ----------------------------------------------------------------------------- parsing / config
+
+
+def test_parse_randaugment_defaults_and_any_order():
+    assert parse_randaugment("rand-m9-mstd0.5-inc1") == RandAugmentSpec(
+        num_ops=2, magnitude=9.0, magnitude_std=0.5, increasing=True
+    )
+    spec = parse_randaugment("rand-inc0-n3-mstd1.0-m7")
+    assert (spec.num_ops, spec.magnitude, spec.magnitude_std, spec.increasing) == (3, 7.0, 1.0, False)
+    assert parse_randaugment("rand-m10-p1.0-mmax12").prob == 1.0
+
+
+@pytest.mark.parametrize(
+    "spec", ["", "rand", "randaug-m9", "auto-m9-n2", "rand-m", "rand-x9", "rand-m9-m8", "rand-n2.5", "rand-inc2", "rand-m9_n2"]
+)
+def test_parse_randaugment_malformed(spec):
+    with pytest.raises(ValueError, match="rand-m"):
+        parse_randaugment(spec)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="image_size"):
+        AugmentConfig(image_size=(0, 32), mean=MEAN3, std=STD3)
+    with pytest.raises(ValueError, match="mean and std"):
+        AugmentConfig(image_size=(32, 32), mean=MEAN3, std=STD3[:2])
+    with pytest.raises(ValueError, match="interpolation"):
+        AugmentConfig(image_size=(32, 32), mean=MEAN3, std=STD3, interpolation="lanczos")
+    with pytest.raises(ValueError, match="expected"):
+        AugmentConfig(image_size=(32, 32), mean=MEAN3, std=STD3, randaugment="rand-q9")
+    assert AugmentConfig(image_size=24, mean=MEAN3, std=STD3).image_size == (24, 24)
+
+
+def test_bad_image_input_is_rejected():
+    aug = TrainAugment(config(3))
+    with pytest.raises(ValueError, match="uint8"):
+        aug(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="channels"):
+        aug(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+
+
+# ----------------------------------------------------------------------------- TrainAugment
+
+
+@pytest.mark.parametrize(
+    "channels, in_size, out_size, interpolation",
+    [(3, (32, 32), (32, 32), "bicubic"), (1, (28, 28), (28, 28), "bilinear"), (3, (20, 28), (24, 16), "bilinear"), (1, (30, 18), (12, 20), "nearest")],
+)
+def test_train_shapes_dtypes_finite(channels, in_size, out_size, interpolation):
+    aug = TrainAugment(config(channels, out_size, reprob=0.5, interpolation=interpolation))
+    out = aug(smooth_images(16, channels, *in_size))
+    assert out.shape == (16, channels, *out_size)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_full_crop_and_flip_is_exact_per_sample():
+    # scale/ratio pinned to the whole image, no RandAugment: each output is exactly the
+    # normalized image or its mirror, and both occur in the batch.
+    images = smooth_images(1, 3, 32, 32).expand(48, 3, 32, 32).contiguous()
+    aug = TrainAugment(config(3, scale=(1.0, 1.0), ratio=(1.0, 1.0), randaugment=None))
+    out = aug(images)
+    plain = EvalTransform(config(3))(images[:1])
+    is_plain = (out - plain).abs().amax(dim=(1, 2, 3)) < 1e-5
+    is_flipped = (out - plain.flip(3)).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert (is_plain | is_flipped).all()
+    assert is_plain.any() and is_flipped.any()
+
+
+def test_per_sample_randomness():
+    images = smooth_images(1, 3, 32, 32).expand(32, 3, 32, 32).contiguous()
+    out = TrainAugment(config(3, hflip=0.0))(images)  # crops + RandAugment differ per sample
+    flat = out.flatten(1)
+    distinct = {tuple(row.tolist()) for row in flat.round(decimals=3)}
+    assert len(distinct) > 24
+
+
+def test_rng_state_reproduces_augmentation():
+    images = smooth_images(16, 3, 32, 32)
+    aug = TrainAugment(config(3, reprob=0.5))
+    mix = MixupCutmix(num_classes=10)
+    labels = torch.arange(16) % 10
+    state = torch.get_rng_state()
+    a, ta = mix(aug(images), labels)
+    b, tb = mix(aug(images), labels)
+    torch.set_rng_state(state)
+    c, tc = mix(aug(images), labels)
+    assert torch.equal(a, c) and torch.equal(ta, tc)
+    assert not torch.equal(a, b)
+
+
+def test_randaugment_changes_images_and_survives_extremes():
+    # p=1, many ops, full magnitude range (mstd inf): every op kind gets exercised, including
+    # on constant images (AutoContrast/Equalize degenerate cases) and grey images.
+    torch.manual_seed(0)
+    for channels in (1, 3):
+        images = smooth_images(24, channels, 16, 20)
+        images[:4] = 0
+        images[4:8] = 255
+        images[8:12] = 77
+        cfg = config(channels, (16, 20), scale=(1.0, 1.0), ratio=(1.25, 1.25), hflip=0.0, randaugment="rand-n6-m10-mstdinf-p1")
+        with_ra = TrainAugment(cfg)(images)
+        without = EvalTransform(cfg)(images)
+        assert torch.isfinite(with_ra).all()
+        assert (with_ra - without).abs().amax(dim=(1, 2, 3))[12:].min() > 0  # every real image changed
+
+
+def test_each_op_runs_on_grey_and_colour():
+    v = torch.arange(256.0).view(1, 1, 256)
+    for channels in (1, 3):
+        x = smooth_images(3, channels, 12, 12).float()
+        for name in aug_mod._LUT_OPS:
+            lut = aug_mod._lut_rows(name, x, torch.full((3,), 0.5 if name != "Solarize" else 128.0), v)
+            out = aug_mod._apply_lut(x, lut)
+            assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
+        thetas = aug_mod._affine_thetas(["Rotate", "ShearX", "TranslateYRel"], torch.tensor([20.0, 0.2, -0.3]), 12, 12)
+        assert aug_mod._warp(x, thetas, torch.full((channels,), 9.0), "bilinear").shape == x.shape
+        assert aug_mod._sharpen(x, torch.full((3,), 1.5)).shape == x.shape
+
+
+def test_random_erasing_is_a_noise_rectangle():
+    images = smooth_images(32, 3, 32, 32)
+    state = torch.get_rng_state()
+    clean = TrainAugment(config(3, reprob=0.0))(images)
+    torch.set_rng_state(state)  # erasing draws come last, so everything before it is identical
+    erased = TrainAugment(config(3, reprob=1.0))(images)
+    changed = (clean != erased).any(dim=1)  # (B, H, W)
+    assert changed.flatten(1).any(dim=1).float().mean() > 0.9
+    for mask in changed:
+        if not mask.any():
+            continue
+        rows, cols = mask.any(dim=1).nonzero().squeeze(1), mask.any(dim=0).nonzero().squeeze(1)
+        h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        assert len(rows) == h and len(cols) == w  # one contiguous box
+        assert 0.02 * 1024 * 0.5 <= h * w <= 1024 / 3 * 1.2
+    noise = erased[changed.unsqueeze(1).expand_as(erased)]
+    assert abs(noise.mean().item()) < 0.15 and abs(noise.std().item() - 1) < 0.15
+
+
+def test_autocast_keeps_float32_and_values():
+    images = smooth_images(8, 3, 32, 32)
+    aug = TrainAugment(config(3))
+    state = torch.get_rng_state()
+    ref = aug(images)
+    torch.set_rng_state(state)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = aug(images)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, ref)
+
+
+# ----------------------------------------------------------------------------- parity with PIL (timm's engine)
+
+PIL = pytest.importorskip("PIL")
+
+
+def _to_pil(x: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray(x.permute(1, 2, 0).contiguous().numpy())
+
+
+def _from_pil(image) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float()
+
+
+def test_pointwise_and_enhance_ops_match_pil():
+    from PIL import ImageEnhance, ImageOps
+
+    img = smooth_images(1, 3, 20, 24, seed=3)
+    pil, x = _to_pil(img[0]), img.float()
+    v = torch.arange(256.0).view(1, 1, 256)
+    cases = {
+        ("Equalize", 0.0): ImageOps.equalize(pil),
+        ("AutoContrast", 0.0): ImageOps.autocontrast(pil),
+        ("Posterize", 2.0): ImageOps.posterize(pil, 2),
+        ("Solarize", 100.0): ImageOps.solarize(pil, 100),
+        ("Contrast", 1.6): ImageEnhance.Contrast(pil).enhance(1.6),
+        ("Brightness", 0.4): ImageEnhance.Brightness(pil).enhance(0.4),
+    }
+    for (name, arg), ref in cases.items():
+        ours = aug_mod._apply_lut(x, aug_mod._lut_rows(name, x, torch.tensor([arg]), v))[0]
+        assert (ours - _from_pil(ref)).abs().max() <= 1, name
+    color = aug_mod._blend(aug_mod._gray(x), x, torch.tensor([1.7]))[0]
+    assert (color - _from_pil(ImageEnhance.Color(pil).enhance(1.7))).abs().max() <= 1
+    sharp = aug_mod._sharpen(x, torch.tensor([1.8]))[0]
+    assert (sharp - _from_pil(ImageEnhance.Sharpness(pil).enhance(1.8))).abs().max() <= 1
+
+
+def test_geometric_ops_match_pil():
+    from PIL import Image
+
+    img = smooth_images(1, 3, 20, 24, seed=4)
+    pil, x = _to_pil(img[0]), img.float()
+    fill = (10, 20, 30)
+    refs = {
+        ("Rotate", 20.0): pil.rotate(20.0, resample=Image.BILINEAR, fillcolor=fill),
+        ("ShearX", 0.25): pil.transform(pil.size, Image.AFFINE, (1, 0.25, 0, 0, 1, 0), Image.BILINEAR, fillcolor=fill),
+        ("ShearY", -0.2): pil.transform(pil.size, Image.AFFINE, (1, 0, 0, -0.2, 1, 0), Image.BILINEAR, fillcolor=fill),
+        ("TranslateXRel", 0.3): pil.transform(pil.size, Image.AFFINE, (1, 0, 7.2, 0, 1, 0), Image.BILINEAR, fillcolor=fill),
+    }
+    for (kind, arg), ref in refs.items():
+        thetas = aug_mod._affine_thetas([kind], torch.tensor([arg]), 20, 24)
+        ours = aug_mod._warp(x, thetas, torch.tensor(fill, dtype=torch.float32), "bilinear")[0]
+        diff = (ours - _from_pil(ref)).abs()
+        assert diff.max() <= 1 and diff.mean() < 0.05, kind
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_crop_resize_matches_pil(interpolation):
+    from PIL import Image
+
+    img = smooth_images(1, 3, 20, 24, seed=5)
+    pil = _to_pil(img[0])
+    resample = Image.BILINEAR if interpolation == "bilinear" else Image.BICUBIC
+    for top, left, h, w, out_h, out_w in [(2, 3, 15, 17, 20, 24), (0, 0, 20, 24, 9, 11)]:
+        ref = _from_pil(pil.crop((left, top, left + w, top + h)).resize((out_w, out_h), resample))
+        boxes = torch.tensor([[top, left, h, w]])
+        ours = aug_mod._crop_resize_flip(img, boxes, torch.tensor([False]), (out_h, out_w), interpolation)
+        assert (ours[0].clamp(0, 255).round() - ref).abs().max() <= 1
+
+
+# ----------------------------------------------------------------------------- EvalTransform
+
+
+def test_eval_is_plain_normalize_when_sizes_match():
+    images = torch.randint(0, 256, (4, 3, 8, 10), dtype=torch.uint8)
+    out = EvalTransform(config(3, (8, 10)))(images)
+    mean, std = torch.tensor(MEAN3).view(1, 3, 1, 1), torch.tensor(STD3).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, (images.float() / 255 - mean) / std, rtol=0, atol=1e-5)
+    assert out.dtype == torch.float32
+
+
+def test_eval_resizes_when_sizes_differ():
+    images = torch.full((2, 1, 40, 30), 200, dtype=torch.uint8)
+    out = EvalTransform(config(1, (20, 16), interpolation="bicubic"))(images)
+    assert out.shape == (2, 1, 20, 16)
+    torch.testing.assert_close(out, torch.full_like(out, (200 / 255 - 0.1307) / 0.3081), rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- Mixup / CutMix / smoothing
+
+
+def test_smooth_one_hot_exact_values():
+    labels = torch.tensor([0, 3, 2])
+    t = smooth_one_hot(labels, num_classes=4, smoothing=0.1)
+    on, off = 1 - 0.1 + 0.1 / 4, 0.1 / 4
+    expected = torch.full((3, 4), off)
+    expected[0, 0] = expected[1, 3] = expected[2, 2] = on
+    torch.testing.assert_close(t, expected, rtol=0, atol=1e-7)
+    assert torch.equal(smooth_one_hot(labels, 4, 0.0), torch.eye(4)[labels])
+    with pytest.raises(ValueError, match="labels"):
+        smooth_one_hot(torch.tensor([0, 4]), 4, 0.1)
+    with pytest.raises(ValueError, match="int64"):
+        smooth_one_hot(torch.tensor([0.0, 1.0]), 4, 0.1)
+
+
+def test_mixup_only():
+    torch.manual_seed(1)
+    images, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5])
+    mix = MixupCutmix(mixup_alpha=0.8, cutmix_alpha=0.0, num_classes=6)
+    lams = []
+    for _ in range(20):
+        mixed, targets = mix(images, labels)
+        lam = mix.last_params.lam
+        lams.append(lam)
+        assert 0.0 <= lam <= 1.0 and mix.last_params.box is None
+        torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.flip(0))
+        torch.testing.assert_close(targets.sum(1), torch.ones(6))
+        base = smooth_one_hot(labels, 6, 0.1)
+        torch.testing.assert_close(targets, lam * base + (1 - lam) * base.flip(0))
+    assert len(set(lams)) == len(lams)  # a fresh lambda per batch
+
+
+def test_cutmix_pastes_box_from_flipped_batch():
+    torch.manual_seed(2)
+    images, labels = torch.randn(5, 3, 16, 12), torch.tensor([1, 0, 3, 2, 0])
+    mix = MixupCutmix(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=4)
+    seen_box = False
+    for _ in range(20):
+        mixed, targets = mix(images, labels)
+        params = mix.last_params
+        if params.box is None:  # lam == 1: nothing to paste
+            continue
+        seen_box = True
+        y0, y1, x0, x1 = params.box
+        inside = torch.zeros(16, 12, dtype=torch.bool)
+        inside[y0:y1, x0:x1] = True
+        assert torch.equal(mixed[..., inside], images.flip(0)[..., inside])
+        assert torch.equal(mixed[..., ~inside], images[..., ~inside])
+        assert params.lam == pytest.approx(1 - inside.sum().item() / (16 * 12))
+        torch.testing.assert_close(targets.sum(1), torch.ones(5))
+        assert targets[0, 1].item() == pytest.approx(params.lam) and targets[0, 0].item() == pytest.approx(1 - params.lam)
+    assert seen_box
+
+
+def test_switching_uses_both_modes_and_keeps_dtype():
+    torch.manual_seed(3)
+    mix = MixupCutmix(num_classes=10)
+    images, labels = torch.randn(8, 3, 32, 32, dtype=torch.bfloat16), torch.arange(8)
+    modes = set()
+    for _ in range(30):
+        mixed, targets = mix(images, labels)
+        assert mixed.dtype == torch.bfloat16 and targets.dtype == torch.float32
+        assert torch.isfinite(mixed.float()).all()
+        torch.testing.assert_close(targets.sum(1), torch.ones(8))
+        modes.add("cutmix" if mix.last_params.box is not None else "mixup")
+    assert modes == {"cutmix", "mixup"}
+
+
+@pytest.mark.parametrize("kwargs", [dict(prob=0.0), dict(mixup_alpha=0.0, cutmix_alpha=0.0)])
+def test_no_mixing_returns_smoothed_one_hot(kwargs):
+    images, labels = torch.randn(4, 1, 8, 8), torch.tensor([3, 1, 0, 2])
+    mix = MixupCutmix(num_classes=5, label_smoothing=0.2, **kwargs)
+    mixed, targets = mix(images, labels)
+    assert torch.equal(mixed, images)
+    torch.testing.assert_close(targets, smooth_one_hot(labels, 5, 0.2))
+    assert mix.last_params == MixParams(lam=1.0)
+
+
+def test_mixup_disabled_flag():
+    mix = MixupCutmix(num_classes=3)
+    mix.enabled = False
+    images = torch.randn(4, 3, 4, 4)
+    mixed, targets = mix(images, torch.tensor([0, 1, 2, 0]))
+    assert torch.equal(mixed, images)
+    assert torch.allclose(targets.max(1).values, torch.full((4,), 1 - 0.1 + 0.1 / 3))
