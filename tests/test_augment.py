@@ -71,6 +71,16 @@ def test_bad_image_input_is_rejected():
         aug(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="channels"):
         aug(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    two = AugmentConfig(image_size=(8, 8), mean=(0.5, 0.5), std=(0.2, 0.2))
+    with pytest.raises(ValueError, match="RandAugment needs 1 or 3 channels"):
+        TrainAugment(two)(torch.zeros(2, 2, 8, 8, dtype=torch.uint8))
+    no_ra = AugmentConfig(image_size=(8, 8), mean=(0.5, 0.5), std=(0.2, 0.2), randaugment=None)
+    assert TrainAugment(no_ra)(torch.zeros(2, 2, 8, 8, dtype=torch.uint8)).shape == (2, 2, 8, 8)
+    mix = MixupCutmix(num_classes=3)
+    with pytest.raises(ValueError, match="labels"):
+        mix(torch.zeros(4, 3, 8, 8), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="float"):
+        mix(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- TrainAugment

@@ -87,19 +87,22 @@ def load_training_data(config: TrainConfig) -> ImageDataset:
         seed=config.seed,
         image_size=config.img_size if resize_on_load else None,
     )
-    if data.train.images is None:
-        raise ValueError(
-            f"{data.name}: the training split is too large to hold in memory; streaming training is not "
-            "supported yet: pass a smaller --img-size or a subset"
-        )
     if config.samples_per_class is not None:
-        data.train = data.train.select(subset_per_class(data.train.labels, config.samples_per_class, config.seed))
+        keep = subset_per_class(data.train.labels, config.samples_per_class, config.seed)
+        data.train = data.train.select(keep)
+        if data.train_stream is not None:
+            data.train_stream = data.train_stream.select(keep)
     return data
 
 
 def build_student(config: TrainConfig, data: ImageDataset, img_size: tuple[int, int]) -> nn.Module:
     mean = tuple(config.mean) if config.mean is not None else tuple(data.mean)
     std = tuple(config.std) if config.std is not None else tuple(data.std)
+    if len(mean) != data.in_chans or len(std) != data.in_chans:  # fail before the run directory is made
+        raise ValueError(
+            f"mean/std have {len(mean)}/{len(std)} values but the {data.name} images have {data.in_chans} "
+            f"channel(s): pass --mean/--std with {data.in_chans} value(s), or none for the dataset's own"
+        )
     regularisation = {
         key: value
         for key, value in (("drop_path", config.drop_path), ("dropout", config.drop), ("attn_dropout", config.attn_drop))
@@ -119,8 +122,17 @@ def build_student(config: TrainConfig, data: ImageDataset, img_size: tuple[int, 
 
 
 def resolve_pretrained(source: str | None) -> str | None:
-    """A path or URL as given; a preset name means that preset's released weights."""
-    if source is None or Path(source).exists() or source.startswith(("http://", "https://")):
+    """A path or URL as given (a run directory means its final model, else its best checkpoint); a preset
+    name means that preset's released weights."""
+    if source is None or source.startswith(("http://", "https://")):
+        return source
+    path = Path(source)
+    if path.is_dir() and (path / "model").is_dir():
+        return str(path / "model")
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        best = path / "checkpoints" / "best"
+        return str(best if best.exists() else checkpoint_dir(path))
+    if path.exists():
         return source
     preset = get_preset(source)  # raises with close names for a typo
     if preset.weights_url is None:
@@ -199,11 +211,34 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     if teacher is not None:
         criterion = DistillationLoss(criterion, config.distill_alpha)
 
-    train_images, train_labels = data.train.images.to(device), data.train.labels.to(device)
+    streamed = data.train.images is None
+    train_images = None if streamed else data.train.images.to(device)
+    train_labels = data.train.labels.to(device)
+    num_train = train_labels.shape[0]
     val_images, val_labels = data.val.images.to(device), data.val.labels.to(device)
-    global_batch = min(config.batch_size * info.world_size, train_images.shape[0])
+    global_batch = min(config.batch_size * info.world_size, num_train)
     local_batch = global_batch // info.world_size
-    steps_per_epoch = max(1, train_images.shape[0] // global_batch)
+    steps_per_epoch = max(1, num_train // global_batch)
+
+    def epoch_batches(epoch: int, first_step: int):
+        """(uint8 images, labels) of this process for the steps of an epoch, from memory or a stream."""
+        order = _epoch_order(num_train, config.seed, epoch)
+        index_lists = [
+            order[step * global_batch + info.rank * local_batch :][:local_batch]
+            for step in range(first_step, steps_per_epoch)
+        ]
+        if not streamed:
+            for index in index_lists:
+                index = index.to(device)
+                yield train_images[index], train_labels[index]
+            return
+        loader = torch.utils.data.DataLoader(
+            data.train_stream, batch_sampler=[index.tolist() for index in index_lists],
+            num_workers=config.workers, pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
     # lr scales with the global batch (the recipe's lr is for lr_base_batch images per step)
     scaled = config.replace(batch_size=local_batch * info.world_size)
 
@@ -267,7 +302,6 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         epoch = start_epoch - 1
         while epoch + 1 < config.epochs:
             epoch += 1
-            order = _epoch_order(train_images.shape[0], config.seed, epoch)
             mixing = (config.mixup > 0 or config.cutmix > 0) and not (
                 config.mixup_off_epoch and epoch >= config.mixup_off_epoch
             )
@@ -277,12 +311,10 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             train_model.train()
             tick = time.perf_counter()
             half_tick = None  # steady-state timing for --time-limit (the first steps include warm-up)
-            for step in range(start_step, steps_per_epoch):
+            for step, (batch_images, labels) in enumerate(epoch_batches(epoch, start_step), start=start_step):
                 if step == steps_per_epoch // 2:
                     half_tick = time.perf_counter()
-                batch_index = order[step * global_batch + info.rank * local_batch:][:local_batch].to(device)
-                labels = train_labels[batch_index]
-                inputs = train_transform(train_images[batch_index])
+                inputs = train_transform(batch_images)
                 if mixing:
                     inputs, targets = mixer(inputs, labels)
                 else:
