@@ -78,7 +78,9 @@ def kornia_ops(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig) -
         images = images.expand(-1, 3, -1, -1)
         cfg = AugmentConfig(**{**cfg.__dict__, "mean": cfg.mean * 3, "std": cfg.std * 3})
     mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
-    rrc = K.RandomResizedCrop(cfg.image_size, scale=cfg.scale, ratio=cfg.ratio, resample=cfg.interpolation.upper(), cropping_mode="resample")
+    rrc = K.RandomResizedCrop(
+        cfg.image_size, scale=cfg.scale, ratio=cfg.ratio, resample=cfg.interpolation.upper(), cropping_mode="resample"
+    )
     flip = K.RandomHorizontalFlip(p=cfg.hflip)
     rand_augment = RandAugment(n=2, m=27)  # 9/10 of kornia's 0..30 scale
     normalize = K.Normalize(mean=mean, std=std)

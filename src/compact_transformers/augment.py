@@ -53,7 +53,7 @@ def parse_randaugment(spec: str) -> RandAugmentSpec:
     if not isinstance(spec, str):
         raise TypeError(f"randaugment must be a string like {_RA_FORMAT}, got {type(spec).__name__}")
     parts = spec.strip().split("-")
-    if parts[0] != "rand" or len(parts) < 2:
+    if parts[0] != "rand":
         raise ValueError(f"malformed randaugment string {spec!r}: expected {_RA_FORMAT}")
     values = {}
     for part in parts[1:]:
@@ -75,7 +75,9 @@ def parse_randaugment(spec: str) -> RandAugmentSpec:
         prob=values.get("p", 0.5),
     )
     if values.get("n", 2) != result.num_ops or result.num_ops < 0 or values.get("inc", 0.0) not in (0.0, 1.0):
-        raise ValueError(f"malformed randaugment string {spec!r}: n must be an integer >= 0 and inc 0 or 1; expected {_RA_FORMAT}")
+        raise ValueError(
+            f"malformed randaugment string {spec!r}: n must be an integer >= 0 and inc 0 or 1; expected {_RA_FORMAT}"
+        )
     if not (result.magnitude >= 0 and result.magnitude_std >= 0 and result.magnitude_max > 0 and 0 <= result.prob <= 1):
         raise ValueError(f"randaugment string {spec!r}: need m >= 0, mstd >= 0, mmax > 0 and 0 <= p <= 1")
     return result
@@ -122,9 +124,15 @@ class AugmentConfig:
             parse_randaugment(self.randaugment)  # fail early on a malformed string
 
 
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
 def _check_images(images: torch.Tensor, channels: int) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        got = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        got = _describe(images)
         raise ValueError(f"expected a uint8 image batch (B, C, H, W), got {got}")
     if images.shape[1] != channels:
         raise ValueError(f"images have {images.shape[1]} channels but mean/std have {channels} values")
@@ -194,7 +202,13 @@ def _filter_weights(dist: torch.Tensor, interpolation: str) -> torch.Tensor:
 
 
 def _resample_matrix(
-    start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor, in_size: int, out_size: int, max_length: int, interpolation: str
+    start: torch.Tensor,
+    length: torch.Tensor,
+    flip: torch.Tensor,
+    in_size: int,
+    out_size: int,
+    max_length: int,
+    interpolation: str,
 ) -> torch.Tensor:
     """(B, out_size, in_size) weights resampling the window [start, start+length) of each row to out_size.
 
@@ -223,7 +237,9 @@ def _resample_matrix(
     return matrix.scatter_add_(2, src.clamp(0, in_size - 1).long(), weights)
 
 
-def _crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_size: tuple[int, int], interpolation: str) -> torch.Tensor:
+def _crop_resize_flip(
+    images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_size: tuple[int, int], interpolation: str
+) -> torch.Tensor:
     """Crop each sample of uint8 images to its box (top, left, h, w), resize to out_size, mirror where flip.
 
     Separable resampling as two batched matmuls: out = Ry @ x @ Rx^T per sample and channel.
@@ -311,7 +327,8 @@ def _lut_rows(name: str, xs: torch.Tensor, arg: torch.Tensor, v: torch.Tensor) -
         rows = torch.where(hi > lo, stretched, v)
     elif name == "Equalize":  # PIL ImageOps.equalize, per channel
         idx = xs.reshape(k * channels, -1).long()
-        hist = torch.zeros(k * channels, 256, device=xs.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float32))
+        hist = torch.zeros(k * channels, 256, device=xs.device)
+        hist.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float32))
         last_bin = 255 - (hist > 0).flip(1).float().argmax(dim=1, keepdim=True)
         step = torch.floor((hist.sum(dim=1, keepdim=True) - hist.gather(1, last_bin)) / 255)
         below = torch.cumsum(hist, dim=1) - hist  # pixels strictly below each value
@@ -434,7 +451,9 @@ class TrainAugment(torch.nn.Module):
         if self.randaugment is not None and images.shape[1] not in (1, 3):
             raise ValueError(f"RandAugment needs 1 or 3 channels, got {images.shape[1]}; set randaugment=None")
         device_type = images.device.type
-        amp_off = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext()
+        amp_off = contextlib.nullcontext()
+        if device_type in ("cpu", "cuda"):
+            amp_off = torch.autocast(device_type, enabled=False)
         with amp_off:  # keep float32 (and the matmuls exact) under AMP
             return self._augment(images)
 
@@ -443,7 +462,8 @@ class TrainAugment(torch.nn.Module):
         batch, _, height, width = images.shape
         boxes = _sample_crop_boxes(batch, height, width, cfg.scale, cfg.ratio)
         flip = torch.rand(batch) < cfg.hflip
-        x = _crop_resize_flip(images, boxes, flip, cfg.image_size, cfg.interpolation).clamp_(0, 255)  # bicubic overshoots
+        x = _crop_resize_flip(images, boxes, flip, cfg.image_size, cfg.interpolation)
+        x = x.clamp_(0, 255)  # bicubic overshoots
         if self.randaugment is not None and self.randaugment.num_ops > 0:
             x = torch.round_(x)  # RandAugment works on uint8 values, as PIL does
             for _ in range(self.randaugment.num_ops):
@@ -512,7 +532,8 @@ class TrainAugment(torch.nn.Module):
 
     def _fill(self, device: torch.device) -> torch.Tensor:
         """Fill colour of geometric ops: the dataset mean as uint8 values (timm's img_mean)."""
-        return torch.tensor([min(255, max(0, round(255 * m))) for m in self.config.mean], device=device, dtype=torch.float32)
+        fill = [min(255, max(0, round(255 * m))) for m in self.config.mean]
+        return torch.tensor(fill, device=device, dtype=torch.float32)
 
     def _random_erase(self, x: torch.Tensor) -> torch.Tensor:
         """Replace one random box per chosen sample by N(0, 1) noise, in place."""
@@ -559,8 +580,7 @@ class EvalTransform(torch.nn.Module):
 def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
     """Float (B, num_classes) targets: 1 - smoothing + smoothing/K on the label, smoothing/K elsewhere."""
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype not in (torch.int64, torch.int32):
-        got = f"{labels.dtype} tensor of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels must be an int64 tensor of shape (B,), got {got}")
+        raise ValueError(f"labels must be an int64 tensor of shape (B,), got {_describe(labels)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if not 0 <= smoothing < 1:
@@ -643,8 +663,8 @@ class MixupCutmix:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-            raise ValueError(f"images must be a float tensor (B, C, H, W), got {getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+            raise ValueError(f"images must be a float tensor (B, C, H, W), got {_describe(images)}")
         if not isinstance(labels, torch.Tensor) or labels.shape != images.shape[:1]:
-            raise ValueError(f"labels must be a tensor of shape ({images.shape[0]},), got {tuple(getattr(labels, 'shape', ()))}")
+            raise ValueError(f"labels must be a tensor of shape ({images.shape[0]},), got {_describe(labels)}")
         self.last_params = self.sample(images.shape[2], images.shape[3])
         return self.apply(images, labels, self.last_params)

@@ -19,18 +19,21 @@ class CliError(Exception):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .models import complexity, create_model, get_preset, list_models
+    import torch
+
+    from .models import PAPER_TABLE, complexity, create_model, get_preset, list_models
 
     if args.all or args.pattern:
         names = list_models(args.pattern or "*", kind=None if args.text else "vision")
     elif args.models:
         names = [get_preset(name).name for name in args.models]
     else:
-        names = list_models("*", kind="vision")
+        names = list(dict.fromkeys(list(PAPER_TABLE) + list_models(pretrained=True)))
     rows = []
     for name in names:
         preset = get_preset(name)
-        model = create_model(name)
+        with torch.device("meta"):  # shapes only: counting needs no memory and no compute
+            model = create_model(name)
         row = complexity(model, name).to_dict()
         row.update(
             family=preset.config["family"],
@@ -266,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     info = commands.add_parser("info", help="parameters, MACs and tokens of models")
-    info.add_argument("models", nargs="*", help="preset names (default: all vision presets)")
+    info.add_argument("models", nargs="*", help="preset names (default: the paper's table and released weights)")
     info.add_argument("--all", action="store_true", help="every preset")
     info.add_argument("--pattern", help="shell pattern, e.g. 'cct_7_*'")
     info.add_argument("--text", action="store_true", help="include text models with --all/--pattern")

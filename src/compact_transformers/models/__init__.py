@@ -1,7 +1,7 @@
 """Model library: the ViT-Lite, CVT and CCT families for images and text, presets and checkpoints."""
 
 from .complexity import Complexity, complexity, count_macs, count_parameters
-from .presets import PRESETS, Preset, build_model, get_preset, list_models, resolve_name
+from .presets import PAPER_TABLE, PRESETS, Preset, build_model, get_preset, list_models, resolve_name
 from .text import TextCompactTransformer, TextConfig
 from .vision import CompactTransformer, VisionConfig
 from .weights import (
@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "CompactTransformer",
     "Complexity",
+    "PAPER_TABLE",
     "PRESETS",
     "Preset",
     "TextCompactTransformer",

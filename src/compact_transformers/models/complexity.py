@@ -51,13 +51,17 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def complexity(model: nn.Module, name: str = "") -> Complexity:
-    """Parameters, MACs per sample and token count of a model at its configured input size."""
+    """Parameters, MACs per sample and token count of a model at its configured input size.
+
+    Build the model under ``torch.device("meta")`` to count without allocating or computing anything.
+    """
     config = model.config
+    device = next(model.parameters()).device  # "meta" works too: shapes only, nothing computed
     if isinstance(model, CompactTransformer):
-        example = torch.zeros(1, config.in_chans, *config.img_size)
+        example = torch.zeros(1, config.in_chans, *config.img_size, device=device)
         tokens, img_size = model.num_tokens, config.img_size
     else:
-        example = torch.full((1, config.seq_len), 2, dtype=torch.long)
+        example = torch.full((1, config.seq_len), 2, dtype=torch.long, device=device)
         tokens, img_size = model.classifier.seq_len - model.classifier.num_prefix_tokens, None
     return Complexity(
         name=name,

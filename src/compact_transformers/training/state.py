@@ -59,10 +59,11 @@ def save_checkpoint(directory: Path, model: nn.Module, state: dict) -> None:
         save_model(model, tmp)
         torch.save(state, tmp / STATE_FILE)
         old = directory.with_name(f".{directory.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
         if directory.exists():
+            if old.exists():  # a stale copy: `directory` is complete
+                shutil.rmtree(old)
             os.rename(directory, old)
+        # else `old`, if any, is the survivor of an interrupted swap: keep it until `directory` exists again
         os.rename(tmp, directory)
         shutil.rmtree(old, ignore_errors=True)
     finally:
