@@ -388,16 +388,16 @@ def _warp(x: torch.Tensor, thetas: torch.Tensor, fill: torch.Tensor, mode: str) 
     """Affine warp with PIL semantics: pixels whose source centre lies outside the image get `fill`."""
     k, _, height, width = x.shape
     # normalized output pixel centres (align_corners=False); broadcasting beats affine_grid's tiny bmm
-    xs = ((torch.arange(width, device=x.device, dtype=torch.float32) + 0.5) * (2.0 / width) - 1).view(1, 1, width)
-    ys = ((torch.arange(height, device=x.device, dtype=torch.float32) + 0.5) * (2.0 / height) - 1).view(1, height, 1)
-    t = thetas.view(k, 6, 1, 1).unbind(1)
-    gx = t[0] * xs + t[1] * ys + t[2]
-    gy = t[3] * xs + t[4] * ys + t[5]
-    inside = ((gx >= -1) & (gx < 1) & (gy >= -1) & (gy < 1)).unsqueeze(1)
-    grid = torch.stack([gx, gy], dim=-1)
+    xs = ((torch.arange(width, device=x.device, dtype=torch.float32) + 0.5) * (2.0 / width) - 1).view(1, 1, width, 1)
+    ys = ((torch.arange(height, device=x.device, dtype=torch.float32) + 0.5) * (2.0 / height) - 1).view(1, height, 1, 1)
+    t = thetas.view(k, 1, 1, 2, 3)
+    grid = xs * t[..., 0] + ys * t[..., 1] + t[..., 2]  # (k, H, W, 2) source (x, y)
+    in_range = (grid >= -1) & (grid < 1)
+    inside = (in_range[..., 0] & in_range[..., 1]).unsqueeze(1)
     warped = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
     # PIL truncates; the epsilon absorbs float error on exact values (e.g. whole-pixel shifts)
-    return torch.where(inside, torch.floor(warped + 1e-3).clamp_(0, 255), fill.view(1, -1, 1, 1))
+    warped = warped.add_(1e-3).floor_().clamp_(0, 255)
+    return torch.where(inside, warped, fill.view(1, -1, 1, 1))
 
 
 # -----------------------------------------------------------------------------

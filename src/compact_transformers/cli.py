@@ -110,18 +110,26 @@ def _load_for_inference(source: str):
     raise CliError(f"model not found: {source} (expected a run directory, a saved model or a .safetensors file)")
 
 
+def _interpolation(config) -> str:
+    """The resize used when the model was validated in training (bicubic, the recipe's, for older models)."""
+    return config.extra.get("interpolation", "bicubic")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .augment import AugmentConfig, EvalTransform
     from .data import load_dataset
     from .training.metrics import evaluate
     from .training.plots import plot_confusion
-    from .training.runtime import autocast_dtype, select_device, tune_cpu
+    from .training.runtime import autocast_dtype, prepare_model, select_device, tune_cpu
 
     tune_cpu()
     model, run_dir = _load_for_inference(args.model)
     config = model.config
     dataset_name = args.dataset or (None if args.data else config.extra.get("dataset"))
-    data = load_dataset(dataset_name, args.data, val_fraction=args.val_fraction, seed=args.seed,
+    # the run's split of the data by default, so that its training images never count as validation
+    val_fraction = args.val_fraction if args.val_fraction is not None else config.extra.get("val_fraction", 0.0)
+    seed = args.seed if args.seed is not None else config.extra.get("seed", 0)
+    data = load_dataset(dataset_name, args.data, val_fraction=val_fraction, seed=seed,
                         image_size=config.img_size if dataset_name in ("folder", "flowers102", None) else None)
     split = data.test if args.split == "test" else data.val
     if split is None:
@@ -129,9 +137,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data.num_classes != config.num_classes:
         raise CliError(f"the model has {config.num_classes} classes, the dataset {data.name} {data.num_classes}")
     device = select_device(args.device)
-    model = model.to(device)
+    model = prepare_model(model, device)
     transform = EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
-                                            randaugment=None))
+                                            randaugment=None, interpolation=_interpolation(config)))
     result = evaluate(model, split.images.to(device), split.labels.to(device), transform, data.num_classes,
                       batch_size=args.batch_size, autocast=autocast_dtype(device, not args.fp32))
     classes = config.extra.get("classes") or list(data.classes)
@@ -164,7 +172,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .augment import AugmentConfig, EvalTransform
     from .data.images import IMAGE_EXTENSIONS, decode_image
-    from .training.runtime import autocast_dtype, select_device, tune_cpu
+    from .training.runtime import autocast_dtype, prepare_input, prepare_model, select_device, tune_cpu
 
     tune_cpu()
     model, _ = _load_for_inference(args.model)
@@ -181,9 +189,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise CliError(f"no images found in {' '.join(args.inputs)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     device = select_device(args.device)
-    model = model.to(device).eval()
+    model = prepare_model(model, device).eval()
     transform = EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
-                                            randaugment=None))
+                                            randaugment=None, interpolation=_interpolation(config)))
     classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
     mode = "L" if config.in_chans == 1 else "RGB"
     amp = autocast_dtype(device, not args.fp32)
@@ -202,7 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             readable.append(path)
         if not images:
             continue
-        batch = transform(torch.stack(images).to(device))
+        batch = prepare_input(transform(torch.stack(images).to(device)))
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             probs = model(batch).float().softmax(dim=1)
         values, indices = probs.topk(top_k, dim=1)
@@ -249,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     evaluate.add_argument("--data", help="dataset path")
     evaluate.add_argument("--split", choices=("val", "test"), default="test")
-    evaluate.add_argument("--val-fraction", type=float, default=0.0)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--val-fraction", type=float, default=None, help="(default: the run's, else 0)")
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of the validation split (default: the run's, else 0)")
     evaluate.add_argument("--batch-size", type=int, default=512)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--fp32", action="store_true", help="no mixed precision")

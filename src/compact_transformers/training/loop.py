@@ -29,7 +29,7 @@ from .metrics import EvalResult, accuracy_counts, predict_logits, result_from_co
 from .optim import build_optimizer
 from .plots import plot_confusion, plot_curves
 from .recipe import TrainConfig
-from .runtime import autocast_dtype, select_device
+from .runtime import autocast_dtype, prepare_input, prepare_model, select_device
 from .schedule import LRSchedule
 from .state import checkpoint_dir, load_state, rng_state, save_checkpoint, set_rng_state
 
@@ -116,7 +116,9 @@ def build_student(config: TrainConfig, data: ImageDataset, img_size: tuple[int, 
         img_size=img_size,
         mean=mean,
         std=std,
-        extra={"classes": list(data.classes), "dataset": data.name},
+        # what `cct eval` / `cct predict` need to see the data as validation did
+        extra={"classes": list(data.classes), "dataset": data.name, "interpolation": config.interpolation,
+               "seed": config.seed, "val_fraction": config.val_fraction},
         **regularisation,
     )
 
@@ -151,7 +153,7 @@ def load_teacher(source: str, device: torch.device) -> nn.Module:
     else:
         teacher = create_model(source, pretrained=True)
     teacher.eval().requires_grad_(False)
-    return teacher.to(device)
+    return prepare_model(teacher, device)
 
 
 def new_run_dir(config: TrainConfig) -> Path:
@@ -191,7 +193,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         state = None
         model = build_student(config, data, img_size)
         run_dir = run_dir or new_run_dir(config)
-    model = model.to(device)
+    model = prepare_model(model, device)
     model_config = model.config
     mean, std = model_config.mean, model_config.std
 
@@ -319,6 +321,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                     inputs, targets = mixer(inputs, labels)
                 else:
                     targets = smooth_one_hot(labels, num_classes, config.smoothing)
+                inputs = prepare_input(inputs)
                 lr = schedule.step(epoch * steps_per_epoch + step)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = train_model(inputs)

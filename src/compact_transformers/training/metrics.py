@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runtime import prepare_input
+
 
 @dataclass
 class EvalResult:
@@ -39,7 +41,7 @@ def predict_logits(
     outputs = []
     try:
         for start in range(0, images.shape[0], batch_size):
-            batch = transform(images[start : start + batch_size])
+            batch = prepare_input(transform(images[start : start + batch_size]))
             with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
                 outputs.append(model(batch).float())
     finally:
