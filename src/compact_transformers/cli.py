@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -304,7 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     from .models.weights import CheckpointError
 
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe (`cct info | head`) shows up here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader has gone: not an error, and nothing more to print
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except (CliError, DatasetError, CheckpointError, ValueError, FileNotFoundError, TypeError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"cct {args.command}: error: {message}", file=sys.stderr)
