@@ -38,9 +38,9 @@ def error_line(capsys: pytest.CaptureFixture) -> str:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-epoch `cct train` run with the default (digits) settings, shrunk."""
+    """A 1-epoch `cct train` run with the default (digits) settings, shrunk; seed 3 (not eval's fallback 0)."""
     output = tmp_path_factory.mktemp("runs")
-    assert main(["train", *TINY, "--output", str(output), "--name", "run"]) == 0
+    assert main(["train", *TINY, "--seed", "3", "--output", str(output), "--name", "run"]) == 0
     return output / "run"
 
 
@@ -96,7 +96,8 @@ def test_train_unknown_option_value_is_an_error(tmp_path: Path, capsys: pytest.C
 def test_resume_refuses_to_change_the_recipe(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
     before = (run_dir / "checkpoints" / "last" / "state.pt").read_bytes()
     assert main(["train", "--resume", str(run_dir), "--lr", "0.1"]) == 2
-    assert "cannot change" in error_line(capsys) and "lr" in capsys.readouterr().err + "lr"
+    line = error_line(capsys)
+    assert "cannot change" in line and "'lr'" in line
     assert (run_dir / "checkpoints" / "last" / "state.pt").read_bytes() == before
 
 
@@ -108,6 +109,7 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     assert len(lines) == 1 and "/nonexistent" in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_console_script_survives_a_closed_pipe() -> None:
     """`cct info ... | head -0`: the reader is gone before anything is written; no traceback."""
     read_end, write_end = os.pipe()
@@ -147,17 +149,10 @@ def test_train_with_the_authors_yaml_config(tmp_path: Path, capsys: pytest.Captu
 def test_pretrained_run_into_another_image_size(run_dir: Path, tmp_path: Path) -> None:
     assert main(["train", *TINY, "--pretrained", str(run_dir), "--img-size", "24", "--output", str(tmp_path),
                  "--name", "finetune"]) == 0  # fmt: skip
+    assert yaml.safe_load((tmp_path / "finetune" / "config.yaml").read_text())["pretrained"] == str(run_dir)
     model = load_model(tmp_path / "finetune" / "model")
     assert model.config.img_size == (24, 24)
     assert model.classifier.positional_emb.shape[1] == 36  # resized from 4x4 to 6x6 tokens
-
-
-def test_pretrained_with_another_class_count_warns_about_the_head(tmp_path: Path) -> None:
-    save_model(create_model("cct_2_3x2_32", num_classes=4, in_chans=1, img_size=(16, 16)), tmp_path / "four")
-    with pytest.warns(UserWarning, match="head"):
-        assert main(["train", *TINY, "--pretrained", str(tmp_path / "four"), "--output", str(tmp_path),
-                     "--name", "ten"]) == 0  # fmt: skip
-    assert load_model(tmp_path / "ten" / "model").config.num_classes == 10
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -170,22 +165,13 @@ def test_eval_of_a_run_writes_report_and_confusion(run_dir: Path, capsys: pytest
     assert report["count"] == 359
     assert np.array(report["confusion"]).sum() == 359
     assert report["classes"] == [str(d) for d in range(10)]
-    # the same numbers as the run's own final evaluation (same split, resize and precision)
+    # the same numbers as the run's own final evaluation (same split of seed 3, resize and precision)
     final = json.loads((run_dir / "final.json").read_text())["val"]
     assert report["top1"] == pytest.approx(final["top1"]) and report["loss"] == pytest.approx(final["loss"])
     saved = json.loads((run_dir / "eval" / "eval_digits_val.json").read_text())
     assert saved["top1"] == report["top1"]
     pytest.importorskip("matplotlib")
     assert (run_dir / "eval" / "confusion_digits_val.png").stat().st_size > 0
-
-
-def test_eval_uses_the_runs_validation_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["train", *TINY, "--seed", "3", "--output", str(tmp_path), "--name", "seed3"]) == 0
-    capsys.readouterr()
-    assert main(["eval", str(tmp_path / "seed3"), "--json", "--output", str(tmp_path / "report")]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    final = json.loads((tmp_path / "seed3" / "final.json").read_text())["val"]
-    assert report["loss"] == pytest.approx(final["loss"])
 
 
 def test_eval_missing_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -271,13 +257,13 @@ def test_info_json_gives_the_parameter_count(capsys: pytest.CaptureFixture) -> N
 
 
 def test_info_table_prints_a_row_per_model(capsys: pytest.CaptureFixture) -> None:
-    assert main(["info", "cct_2_3x2_32", "vit_lite_7_4_32"]) == 0
+    assert main(["info", "cct_2_3x2_32", "cvt_7_4_32"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:4] == ["model", "family", "PE", "params"]
     assert set(lines[1]) == {"-"}
     assert len(lines) == 4
     assert lines[2].split()[:4] == ["cct_2_3x2_32", "cct", "learnable", "283,723"]
-    assert lines[3].startswith("vit_lite_7_4_32")
+    assert lines[3].split()[:2] == ["cvt_7_4_32", "cvt"]
 
 
 def test_info_unknown_model_exits_2(capsys: pytest.CaptureFixture) -> None:

@@ -248,3 +248,33 @@ def test_distillation_from_a_teacher_run(baseline: loop.RunResult, tmp_path: Pat
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     best = load_file(str(baseline.run_dir / "checkpoints" / "best" / "model.safetensors"))
     assert all(torch.equal(value, best[key]) for key, value in teacher.state_dict().items())
+
+
+def test_time_limit_stops_early_and_finishes_the_run(tmp_path: Path) -> None:
+    result = loop.train(tiny_config(tmp_path, "short", epochs=3, time_limit=1e-6))  # over after one step
+    assert not result.interrupted and result.epochs_done == 1
+    (record,) = read_records(result.run_dir)
+    assert record["epoch"] == 1 and "val_top1" in record
+    assert json.loads((result.run_dir / "final.json").read_text())["epochs"] == 1
+    assert_no_leftovers(result.run_dir)
+
+
+def test_fit_schedule_to_time_shrinks_epochs_warmup_and_cooldown() -> None:
+    config = TrainConfig(epochs=300, warmup_epochs=10, cooldown_epochs=10, time_limit=10.0)
+    # 600 s budget (98% used): the first epoch took 12 s, the others will take 6 s -> 1 + 96 epochs
+    fitted = loop.fit_schedule_to_time(config, elapsed=12.0, epoch_seconds=6.0)
+    assert fitted == {"epochs": 97, "warmup_epochs": 3, "cooldown_epochs": 3}
+    assert loop.fit_schedule_to_time(config, elapsed=1.0, epoch_seconds=0.01) is None  # 300 epochs fit
+    assert loop.fit_schedule_to_time(config, elapsed=900.0, epoch_seconds=6.0)["epochs"] == 1  # over already
+
+
+@pytest.mark.slow
+def test_cct2_reaches_90_percent_on_digits_with_the_default_settings(tmp_path: Path) -> None:
+    from compact_transformers.cli import main
+
+    # `cct train` with its defaults (recipe "digits": 30 epochs reach ~100%), shortened to 5 epochs
+    assert main(["train", "--epochs", "5", "--seed", "0", "--output", str(tmp_path), "--name", "digits",
+                 "--quiet"]) == 0  # fmt: skip
+    final = json.loads((tmp_path / "digits" / "final.json").read_text())
+    assert final["val"]["count"] == 359
+    assert final["val"]["top1"] >= 90.0, final["val"]

@@ -193,6 +193,10 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         state = None
         model = build_student(config, data, img_size)
         run_dir = run_dir or new_run_dir(config)
+        if info.enabled:  # every rank uses rank 0's name (names carry a timestamp)
+            shared = [str(run_dir)]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            run_dir = Path(shared[0])
     model = prepare_model(model, device)
     model_config = model.config
     mean, std = model_config.mean, model_config.std

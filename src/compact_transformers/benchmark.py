@@ -1,0 +1,781 @@
+"""``cct bench``: training and inference throughput of the Compact Transformers on this machine.
+
+For each model and batch size, every variant (a set of speed levers: precision, memory layout, attention
+kernel, optimizer kernel, torch.compile) gets a training-step function (forward + backward + AdamW step) and
+an inference function (eval forward under no_grad). The variants of one model are measured INTERLEAVED
+(baseline, fast, baseline, fast ...) so that load from other processes on a shared machine hits all of them
+alike; the reported time is the median over the repeats after warm-up, and speed-ups are ratios of medians
+against the ``baseline`` variant, the paper's reference form (fp32, NCHW, explicit attention, plain AdamW).
+
+Achieved TFLOP/s count 2 x MACs per image forward and 3 x that per training step, against the matmul peak
+measured in the same run (torch.mm of square matrices in each dtype, the best of a size sweep). Peak memory
+is the process's peak RSS during one step on CPU (reset through /proc/self/clear_refs, read from VmHWM) and
+torch's peak allocation on CUDA; ``mem_delta_mb`` is that peak minus the memory in use just before the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+SCHEMA = "cct-bench/1"
+DEFAULT_MODELS = ("cct_2_3x2_32:28x28x1", "cct_7_3x2_32:32x32x3", "cct_7_3x1_32:32x32x3")
+MODES = ("train", "infer")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One combination of speed levers. ``amp``: autocast to the run's precision (``--precision``)."""
+
+    name: str
+    attn_impl: str  # "explicit" | "sdpa" | "auto" (explicit while training, SDPA in eval)
+    channels_last: bool
+    amp: bool
+    recipe_optimizer: bool  # True: the fused AdamW of `cct train`; False: torch.optim.AdamW defaults
+    description: str
+    compile: bool = False
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("baseline", "explicit", False, False, False, "paper's reference form: fp32, NCHW, explicit attention"),
+        Variant("fast", "auto", True, True, True, "what `cct train` runs: autocast, channels-last, auto attention, fused AdamW"),
+        # one lever at a time on top of the baseline
+        Variant("fp32-cl", "explicit", True, False, False, "baseline + channels-last"),
+        Variant("amp-nchw", "explicit", False, True, False, "baseline + mixed precision"),
+        Variant("fp32-sdpa", "sdpa", False, False, False, "baseline + SDPA attention (training too)"),
+        Variant("fp32-auto", "auto", False, False, False, "baseline + SDPA in eval only"),
+        Variant("fp32-fused", "explicit", False, False, True, "baseline + the recipe's fused AdamW"),
+        # two levers, and the fast path with SDPA in training as well
+        Variant("amp-cl", "explicit", True, True, False, "mixed precision + channels-last"),
+        Variant("fast-sdpa", "sdpa", True, True, True, "fast with SDPA in training too"),
+    )
+}
+
+
+def resolve_variant(name: str) -> Variant:
+    """A registered variant; the suffix ``+compile`` wraps it in torch.compile."""
+    base, compiled = (name[: -len("+compile")], True) if name.endswith("+compile") else (name, False)
+    if base not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)} (optionally +compile)")
+    variant = VARIANTS[base]
+    return replace(variant, name=name, compile=True) if compiled else variant
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A preset at an input shape: ``name`` or ``name:HxWxC`` (e.g. ``cct_2_3x2_32:28x28x1``)."""
+
+    name: str
+    img_size: tuple[int, int]
+    in_chans: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.img_size[0]}x{self.img_size[1]}x{self.in_chans}"
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """``name`` (the preset's own input shape) or ``name:HxWxC``."""
+    from .models import get_preset
+
+    name, _, shape = text.partition(":")
+    preset = get_preset(name)
+    if preset.kind != "vision":
+        raise ValueError(f"bench measures vision models; {name!r} is a {preset.kind} model")
+    if not shape:
+        config = preset.build_config()
+        return ModelSpec(preset.name, tuple(config.img_size), config.in_chans)
+    parts = shape.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"model spec {text!r}: expected NAME or NAME:HxWxC with positive integers, e.g. cct_2_3x2_32:28x28x1")
+    height, width, chans = (int(p) for p in parts)
+    return ModelSpec(preset.name, (height, width), chans)
+
+
+@dataclass
+class BenchConfig:
+    """Every setting of a benchmark run; the defaults finish in a few minutes on a 2-core CPU."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    batch_sizes: tuple[int, ...] = (128,)
+    variants: tuple[str, ...] = ("baseline", "fast")
+    modes: tuple[str, ...] = MODES
+    precision: str = "auto"  # of the variants with amp=True; auto = what `cct train` uses on the device
+    compile: bool = False  # add a "+compile" copy of every variant but the baseline
+    device: str = "auto"
+    threads: int | None = None
+    warmup: int = 3  # untimed steps per variant; the last one measures peak memory
+    repeats: int = 5
+    steps: int | None = None  # steps per timed repeat (None: 1 on CPU, 10 on CUDA)
+    peak_sizes: tuple[int, ...] | None = None  # matmul sizes for the peak (None: 512..2048 CPU, 2048..8192 CUDA)
+    seed: int = 0
+    # scaling: step time vs tokens and vs batch size, eval memory of SDPA vs explicit attention
+    scaling: bool = False
+    scaling_model: str = "cct_2_3x2_32"
+    scaling_sizes: tuple[int, ...] = (16, 32, 64)
+    scaling_batches: tuple[int, ...] = (32, 64, 128, 256, 512)
+    # time to accuracy: a short training run
+    time_to_accuracy: float | None = None  # target val top-1 (%)
+    tta_model: str = "cct_2_3x2_32"
+    tta_dataset: str = "fashion_mnist"
+    tta_data: str | None = None
+    tta_epochs: int = 5
+    tta_samples_per_class: int | None = None
+    tta_output: str | None = None  # keep the run directory here (default: a temporary one)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_sizes", "scaling_sizes", "scaling_batches"):
+            values = getattr(self, name)
+            if not values or any(int(v) < 1 for v in values):
+                raise ValueError(f"{name} must be positive integers, got {list(values)}")
+        if self.peak_sizes is not None and (not self.peak_sizes or any(int(v) < 1 for v in self.peak_sizes)):
+            raise ValueError(f"peak_sizes must be positive integers, got {list(self.peak_sizes)}")
+        if not self.models:
+            raise ValueError("models: give at least one model")
+        if not self.variants:
+            raise ValueError("variants: give at least one variant")
+        for variant in self.variants:
+            resolve_variant(variant)
+        bad_modes = sorted(set(self.modes) - set(MODES))
+        if bad_modes or not self.modes:
+            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(self.modes)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be >= 1 (its last step measures memory), got {self.warmup}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.time_to_accuracy is not None and not 0 < self.time_to_accuracy <= 100:
+            raise ValueError(f"time_to_accuracy is a val top-1 in percent (0, 100], got {self.time_to_accuracy}")
+        if self.tta_epochs < 1:
+            raise ValueError(f"tta_epochs must be >= 1, got {self.tta_epochs}")
+
+    def variant_list(self) -> list[Variant]:
+        """The variants to run: the requested ones, then their compiled copies with ``compile``."""
+        names = list(dict.fromkeys(self.variants))
+        if self.compile:
+            names += [f"{n}+compile" for n in names if n != "baseline" and not n.endswith("+compile")]
+        return [resolve_variant(n) for n in dict.fromkeys(names)]
+
+
+# ------------------------------------------------------------------------------------------ the machine
+
+
+def machine_info(device: torch.device) -> dict:
+    """CPU model and flags of interest, threads, torch version, GPU name, date."""
+    cpu_model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and cpu_model is None:
+                    cpu_model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    cpu_model = cpu_model or platform.processor() or "unknown"
+    info = {
+        "cpu": cpu_model,
+        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS_OF_INTEREST},
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        # on a CPU shared with other processes, spinning OpenMP threads can stall each other badly
+        "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_start"] = list(os.getloadavg())
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(device: torch.device, sizes: tuple[int, ...], repeats: int = 3) -> dict[str, dict]:
+    """Best TFLOP/s of torch.mm on n x n matrices per dtype (fp32, bf16, and fp16 on CUDA)."""
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
+    inner = 1 if device.type == "cpu" else 20  # one CUDA matmul is too short to time alone
+    peaks: dict[str, dict] = {}
+    for dtype in dtypes:
+        by_size = {}
+        for n in sizes:
+            a = torch.randn(n, n, device=device).to(dtype)
+            b = torch.randn(n, n, device=device).to(dtype)
+            out = torch.mm(a, b)  # warm-up (and the output buffer)
+            best = float("inf")
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                for _ in range(inner):
+                    torch.mm(a, b, out=out)
+                _sync(device)
+                best = min(best, (time.perf_counter() - start) / inner)
+            by_size[str(n)] = 2 * n**3 / best / 1e12
+            del a, b, out
+        peaks[_DTYPE_NAMES[dtype]] = {"tflops": max(by_size.values()), "by_size": by_size}
+    return peaks
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _read_status_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _release_free_heap() -> None:
+    """Return freed heap memory to the OS so that the next step's peak RSS is its own (see tune_cpu)."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and platform.system() == "Linux":
+        try:
+            ctypes.CDLL(libc_name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _reset_cpu_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def run_with_memory(step: Callable[[], None], device: torch.device) -> tuple[float, float | None, float | None]:
+    """Run ``step`` once: (seconds, peak MB, peak minus the MB in use before it); memory None if unknown."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        seconds = _timed(step, device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return seconds, peak / 2**20, (peak - before) / 2**20
+    _release_free_heap()
+    reset = _reset_cpu_peak()
+    before = _read_status_kb("VmRSS")
+    seconds = _timed(step, device)
+    peak = _read_status_kb("VmHWM")
+    if not reset or before is None or peak is None:
+        return seconds, None, None
+    return seconds, peak / 1024, (peak - before) / 1024
+
+
+# -------------------------------------------------------------------------------------------- stepping
+
+
+def _timed(step: Callable[[], None], device: torch.device, count: int = 1) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(count):
+        step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    from .training.runtime import autocast_dtype
+
+    if precision == "auto":
+        return autocast_dtype(device, True)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, device: torch.device,
+               amp_dtype: torch.dtype | None, seed: int = 0) -> Callable[[], None]:
+    """A function that runs one training step (``mode="train"``) or one eval forward (``"infer"``) of
+    ``spec`` under ``variant`` on a fixed random batch."""
+    from .models import create_model
+    from .training.optim import build_optimizer
+    from .training.recipe import TrainConfig
+    from .training.runtime import prepare_input, prepare_model
+
+    torch.manual_seed(seed)
+    model = create_model(spec.name, attn_impl=variant.attn_impl, img_size=spec.img_size, in_chans=spec.in_chans)
+    model = prepare_model(model, device, channels_last=variant.channels_last)
+    images = torch.randn(batch_size, spec.in_chans, *spec.img_size, device=device)  # NCHW, like the augment output
+    labels = torch.randint(0, max(model.config.num_classes, 1), (batch_size,), device=device)
+    dtype = amp_dtype if variant.amp else None
+    network = torch.compile(model) if variant.compile else model
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return network(prepare_input(images, channels_last=variant.channels_last))
+
+    if mode == "infer":
+        model.eval()
+
+        def infer_step() -> None:
+            with torch.no_grad():
+                forward()
+
+        return infer_step
+    if mode != "train":
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    model.train()
+    recipe = TrainConfig()
+    if variant.recipe_optimizer:
+        optimizer = build_optimizer(model, recipe)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def train_step() -> None:
+        loss = F.cross_entropy(forward().float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return train_step
+
+
+@dataclass
+class Measurement:
+    """Seconds per step of each timed repeat, the first warm-up step (compile time shows here) and memory."""
+
+    times_s: list[float]
+    first_step_s: float
+    peak_mem_mb: float | None
+    mem_delta_mb: float | None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+
+def measure_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int,
+                        steps_per_repeat: int = 1) -> dict[str, Measurement]:
+    """Warm up and time every step function in turn (a, b, a, b ...); the last warm-up round measures memory."""
+    first: dict[str, float] = {}
+    for round_index in range(warmup - 1):
+        for name, step in steps.items():
+            seconds = _timed(step, device)
+            first.setdefault(name, seconds)
+    memory = {}
+    for name, step in steps.items():
+        seconds, peak, delta = run_with_memory(step, device)
+        first.setdefault(name, seconds)
+        memory[name] = (peak, delta)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(_timed(step, device, steps_per_repeat) / steps_per_repeat)
+    return {name: Measurement(times[name], first[name], *memory[name]) for name in steps}
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def _macs(spec: ModelSpec) -> int:
+    from .models import create_model
+    from .models.complexity import count_macs
+
+    model = create_model(spec.name, img_size=spec.img_size, in_chans=spec.in_chans)
+    return count_macs(model, torch.zeros(1, spec.in_chans, *spec.img_size))
+
+
+def _record(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, macs: int, result: Measurement,
+            amp_dtype: torch.dtype | None, peaks: dict[str, dict]) -> dict:
+    compute_dtype = amp_dtype if variant.amp and amp_dtype is not None else torch.float32
+    precision = _DTYPE_NAMES[compute_dtype]
+    flops_per_image = 2 * macs * (3 if mode == "train" else 1)
+    tflops = flops_per_image * batch_size / result.median_s / 1e12
+    peak = peaks.get(precision, {}).get("tflops")
+    return {
+        "model": spec.name, "input": spec.label, "batch_size": batch_size, "mode": mode, "variant": variant.name,
+        "precision": precision, "channels_last": variant.channels_last, "attn_impl": variant.attn_impl,
+        "fused_optimizer": variant.recipe_optimizer, "compiled": variant.compile, "macs_per_image": macs,
+        "median_s": result.median_s, "min_s": min(result.times_s), "times_s": result.times_s,
+        "first_step_s": result.first_step_s, "img_per_s": batch_size / result.median_s, "tflops": tflops,
+        "peak_tflops": peak, "peak_fraction": tflops / peak if peak else None,
+        "peak_mem_mb": result.peak_mem_mb, "mem_delta_mb": result.mem_delta_mb,
+    }  # fmt: skip
+
+
+def _speedups(records: list[dict]) -> list[dict]:
+    """fast/baseline style ratios: baseline median time over each variant's, per model, batch and mode."""
+    baselines = {(r["model"], r["input"], r["batch_size"], r["mode"]): r for r in records if r["variant"] == "baseline"}
+    out = []
+    for record in records:
+        base = baselines.get((record["model"], record["input"], record["batch_size"], record["mode"]))
+        if base is None or record is base:
+            continue
+        out.append({
+            "model": record["model"], "input": record["input"], "batch_size": record["batch_size"],
+            "mode": record["mode"], "variant": record["variant"], "speedup": base["median_s"] / record["median_s"],
+        })  # fmt: skip
+    return out
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def bench_models(config: BenchConfig, device: torch.device, peaks: dict[str, dict], quiet: bool = False) -> list[dict]:
+    """Throughput records of every model x batch size x mode x variant, variants measured interleaved."""
+    amp_dtype = _amp_dtype(config.precision, device)
+    steps_per_repeat = config.steps or (1 if device.type == "cpu" else 10)
+    variants = config.variant_list()
+    records = []
+    for spec in (parse_model_spec(m) for m in config.models):
+        macs = _macs(spec)
+        for batch_size in config.batch_sizes:
+            for mode in config.modes:
+                _say(f"bench: {spec.name} {spec.label} batch {batch_size} {mode}: "
+                     f"{', '.join(v.name for v in variants)}", quiet)  # fmt: skip
+                steps = {v.name: build_step(spec, v, mode, batch_size, device, amp_dtype, config.seed) for v in variants}
+                results = measure_interleaved(steps, device, config.warmup, config.repeats, steps_per_repeat)
+                for variant in variants:
+                    records.append(_record(spec, variant, mode, batch_size, macs, results[variant.name], amp_dtype, peaks))
+                del steps, results
+                gc.collect()
+    return records
+
+
+def bench_scaling(config: BenchConfig, device: torch.device, quiet: bool = False) -> dict:
+    """The fast variant's step time vs tokens and vs batch size; eval peak memory of SDPA vs explicit attention."""
+    from .models import create_model
+
+    amp_dtype = _amp_dtype(config.precision, device)
+    steps_per_repeat = config.steps or (1 if device.type == "cpu" else 10)
+    fast = VARIANTS["fast"]
+    batch_size = config.batch_sizes[0]
+    base = parse_model_spec(config.scaling_model)
+
+    def time_one(spec: ModelSpec, mode: str, batch: int) -> Measurement:
+        step = build_step(spec, fast, mode, batch, device, amp_dtype, config.seed)
+        return measure_interleaved({"fast": step}, device, config.warmup, config.repeats, steps_per_repeat)["fast"]
+
+    tokens_rows, batch_rows, memory_rows = [], [], []
+    for size in config.scaling_sizes:
+        spec = replace(base, img_size=(size, size))
+        tokens = create_model(spec.name, img_size=spec.img_size, in_chans=spec.in_chans).num_tokens
+        _say(f"bench scaling: {spec.name} {spec.label} ({tokens} tokens) batch {batch_size}", quiet)
+        for mode in config.modes:
+            result = time_one(spec, mode, batch_size)
+            tokens_rows.append({"input": spec.label, "tokens": tokens, "batch_size": batch_size, "mode": mode,
+                                "median_s": result.median_s, "img_per_s": batch_size / result.median_s})
+        infer_steps = {
+            impl: build_step(spec, replace(fast, name=impl, attn_impl=impl), "infer", batch_size, device, amp_dtype,
+                             config.seed)
+            for impl in ("sdpa", "explicit")
+        }  # fmt: skip
+        measured = measure_interleaved(infer_steps, device, warmup=2, repeats=1)
+        for impl, result in measured.items():
+            memory_rows.append({"input": spec.label, "tokens": tokens, "batch_size": batch_size, "attn_impl": impl,
+                                "peak_mem_mb": result.peak_mem_mb, "mem_delta_mb": result.mem_delta_mb})
+    spec = base
+    for batch in config.scaling_batches:
+        _say(f"bench scaling: {spec.name} {spec.label} batch {batch}", quiet)
+        for mode in config.modes:
+            result = time_one(spec, mode, batch)
+            batch_rows.append({"input": spec.label, "batch_size": batch, "mode": mode, "median_s": result.median_s,
+                               "img_per_s": batch / result.median_s})
+    return {"model": base.name, "variant": "fast", "tokens": tokens_rows, "batch": batch_rows,
+            "attention_memory": memory_rows}
+
+
+# ------------------------------------------------------------------------------------- time to accuracy
+
+
+class _MetricsWatcher(threading.Thread):
+    """Stamps the wall time at which each line of a growing metrics.jsonl first appears."""
+
+    def __init__(self, path: Path, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.path, self.interval = path, interval
+        self.start_time = time.monotonic()
+        self.stamps: list[float] = []
+        self._stop_event = threading.Event()
+
+    def poll(self) -> None:
+        try:
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        except OSError:
+            return
+        now = time.monotonic() - self.start_time
+        self.stamps += [now] * max(0, len(lines) - len(self.stamps))
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.poll()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.poll()
+
+
+def first_reaching(history: list[dict], stamps: list[float], target: float) -> dict:
+    """The first epoch record with val_top1 >= target: its epoch, wall seconds since the start of the run,
+    and training seconds (sum of epoch_seconds, evaluation excluded) up to it."""
+    train_seconds = 0.0
+    for index, record in enumerate(history):
+        train_seconds += record.get("epoch_seconds", 0.0)
+        if record.get("val_top1", -1.0) >= target:
+            wall = stamps[index] if index < len(stamps) else None
+            return {"reached": True, "epoch": record["epoch"], "seconds": wall, "train_seconds": train_seconds}
+    return {"reached": False, "epoch": None, "seconds": None, "train_seconds": None}
+
+
+def bench_time_to_accuracy(config: BenchConfig, device: torch.device, quiet: bool = False) -> dict:
+    """Train ``tta_model`` on ``tta_dataset`` with the short-run recipe and report when val top-1 first
+    reached ``time_to_accuracy`` (wall time from the start of the run, data loading included)."""
+    from .training.loop import METRICS_FILE, train
+    from .training.recipe import TrainConfig, apply_recipe
+
+    target = config.time_to_accuracy
+    train_config = apply_recipe(
+        TrainConfig(model=config.tta_model, dataset=config.tta_dataset, data=config.tta_data,
+                    samples_per_class=config.tta_samples_per_class, device=str(device), quiet=True, seed=config.seed),
+        "small", epochs=config.tta_epochs,
+    )  # fmt: skip
+    _say(f"bench time-to-accuracy: {config.tta_model} on {config.tta_dataset} to {target}% in at most "
+         f"{config.tta_epochs} epochs", quiet)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="cct-bench-") as scratch:
+        parent = Path(config.tta_output) if config.tta_output else Path(scratch)
+        parent.mkdir(parents=True, exist_ok=True)
+        run_dir = parent / f"tta-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        watcher = _MetricsWatcher(run_dir / METRICS_FILE)
+        watcher.start()
+        try:
+            result = train(train_config, run_dir=run_dir)
+        finally:
+            watcher.stop()
+        total = time.monotonic() - watcher.start_time
+        lines = (run_dir / METRICS_FILE).read_text().splitlines()
+        history = [json.loads(line) for line in lines if line.strip()]
+    reached = first_reaching(history, watcher.stamps, target)
+    return {
+        "target_top1": target, "model": config.tta_model, "dataset": config.tta_dataset,
+        "epochs": config.tta_epochs, "samples_per_class": config.tta_samples_per_class, **reached,
+        "best_val_top1": result.best_top1, "total_seconds": total,
+        "run_dir": str(run_dir) if config.tta_output else None,
+        "history": [{"epoch": r["epoch"], "val_top1": r.get("val_top1"), "epoch_seconds": r.get("epoch_seconds"),
+                     "wall_s": watcher.stamps[i] if i < len(watcher.stamps) else None} for i, r in enumerate(history)],
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def run_benchmark(config: BenchConfig, quiet: bool = False) -> dict:
+    """Run the whole benchmark and return the report (the JSON written by ``cct bench --output``)."""
+    from .training.runtime import select_device
+
+    device = select_device(config.device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"bench supports cpu and cuda devices, got {device}")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    report: dict = {"schema": SCHEMA, "machine": machine_info(device), "settings": _settings(config, device)}
+    sizes = config.peak_sizes or ((512, 1024, 2048) if device.type == "cpu" else (2048, 4096, 8192))
+    _say(f"bench: matmul peak on {device} ({', '.join(map(str, sizes))})", quiet)
+    report["matmul_peak"] = measure_matmul_peak(device, tuple(sizes))
+    report["results"] = bench_models(config, device, report["matmul_peak"], quiet)
+    report["speedups"] = _speedups(report["results"])
+    if config.scaling:
+        report["scaling"] = bench_scaling(config, device, quiet)
+    if config.time_to_accuracy is not None:
+        report["time_to_accuracy"] = bench_time_to_accuracy(config, device, quiet)
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_average_end"] = list(os.getloadavg())
+    return report
+
+
+def _settings(config: BenchConfig, device: torch.device) -> dict:
+    settings = asdict(config)
+    amp_dtype = _amp_dtype(config.precision, device)
+    settings["amp_dtype"] = _DTYPE_NAMES[amp_dtype] if amp_dtype is not None else "fp32"
+    settings["steps_per_repeat"] = config.steps or (1 if device.type == "cpu" else 10)
+    settings["variant_descriptions"] = {v.name: v.description for v in config.variant_list()}
+    settings["command"] = " ".join(sys.argv)
+    return json.loads(json.dumps(settings))  # tuples -> lists
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: dict) -> str:
+    """The report as plain-text tables."""
+    machine = report["machine"]
+    flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on) or "none"
+    peaks = ", ".join(f"{k} {v['tflops']:.3f}" for k, v in report["matmul_peak"].items())
+    lines = [
+        f"{machine['cpu']} ({flags}); {machine['threads']} threads; torch {machine['torch']}; "
+        f"device {machine['device']}{' ' + machine['gpu'] if machine['gpu'] else ''}; {machine['date']}",
+        f"matmul peak TFLOP/s: {peaks}",
+        "",
+    ]
+    header = (f"{'model':<14} {'input':<8} {'batch':>5} {'mode':<5} {'variant':<16} {'prec':<4} "
+              f"{'ms/step':>9} {'img/s':>8} {'TFLOP/s':>8} {'%peak':>6} {'mem MB':>7} {'x base':>6}")  # fmt: skip
+    lines += [header, "-" * len(header)]
+    speedups = {(s["model"], s["input"], s["batch_size"], s["mode"], s["variant"]): s["speedup"]
+                for s in report["speedups"]}  # fmt: skip
+    for r in report["results"]:
+        ratio = speedups.get((r["model"], r["input"], r["batch_size"], r["mode"], r["variant"]))
+        if r["variant"] == "baseline":
+            ratio = 1.0
+        fraction = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
+        lines.append(
+            f"{r['model']:<14} {r['input']:<8} {r['batch_size']:>5} {r['mode']:<5} {r['variant']:<16} "
+            f"{r['precision']:<4} {1e3 * r['median_s']:>9.1f} {r['img_per_s']:>8.1f} {r['tflops']:>8.4f} "
+            f"{_fmt(fraction, '.1f'):>6} {_fmt(r['mem_delta_mb'], '.0f'):>7} {_fmt(ratio, '.2f'):>6}"
+        )
+    if "scaling" in report:
+        scaling = report["scaling"]
+        lines += ["", f"scaling ({scaling['model']}, {scaling['variant']}): step time vs tokens"]
+        lines += [f"  {r['input']:<9} {r['tokens']:>5} tokens  batch {r['batch_size']:>4} {r['mode']:<5} "
+                  f"{1e3 * r['median_s']:>9.1f} ms  {r['img_per_s']:>8.1f} img/s" for r in scaling["tokens"]]
+        lines += ["step time vs batch size"]
+        lines += [f"  {r['input']:<9} batch {r['batch_size']:>4} {r['mode']:<5} {1e3 * r['median_s']:>9.1f} ms  "
+                  f"{r['img_per_s']:>8.1f} img/s" for r in scaling["batch"]]
+        lines += ["eval forward peak memory (MB above the memory before the step)"]
+        lines += [f"  {r['input']:<9} {r['tokens']:>5} tokens  {r['attn_impl']:<8} {_fmt(r['mem_delta_mb'], '.1f'):>8}"
+                  for r in scaling["attention_memory"]]  # fmt: skip
+    if "time_to_accuracy" in report:
+        t = report["time_to_accuracy"]
+        if t["reached"]:
+            outcome = (f"reached at epoch {t['epoch']} after {_fmt(t['seconds'], '.1f')} s "
+                       f"({t['train_seconds']:.1f} s of training steps)")  # fmt: skip
+        else:
+            outcome = f"not reached in {t['epochs']} epochs (best {t['best_val_top1']:.2f}%)"
+        lines += ["", f"time to {t['target_top1']}% val top-1 ({t['model']} on {t['dataset']}): {outcome}; "
+                      f"whole run {t['total_seconds']:.1f} s"]  # fmt: skip
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cct bench``."""
+    parser.add_argument("--models", type=_name_list, default=DEFAULT_MODELS,
+                        help="comma-separated NAME or NAME:HxWxC (default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=_int_list, default=(128,), help="comma-separated (default: 128)")
+    parser.add_argument("--variants", type=_name_list, default=("baseline", "fast"),
+                        help="comma-separated, 'all' for every lever, suffix +compile to compile one: "
+                             + ", ".join(VARIANTS) + " (default: baseline,fast)")
+    parser.add_argument("--modes", type=_name_list, default=MODES, help="train, infer or both (default: both)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="dtype of the mixed-precision variants (auto: what cct train uses here)")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile'd copies of the variants")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (default: 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant; the median counts (default: 5)")
+    parser.add_argument("--steps", type=int, help="steps per timed repeat (default: 1 on CPU, 10 on CUDA)")
+    parser.add_argument("--peak-sizes", type=_int_list, help="matmul sizes for the peak TFLOP/s (default: 512,1024,2048 CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scaling", action="store_true", help="also step time vs tokens and batch size, attention memory")
+    parser.add_argument("--scaling-model", default="cct_2_3x2_32")
+    parser.add_argument("--scaling-sizes", type=_int_list, default=(16, 32, 64), help="input sizes in pixels")
+    parser.add_argument("--scaling-batches", type=_int_list, default=(32, 64, 128, 256, 512))
+    parser.add_argument("--time-to-accuracy", type=float, metavar="TARGET",
+                        help="also train on Fashion-MNIST and report the time to TARGET%% val top-1")
+    parser.add_argument("--tta-model", default="cct_2_3x2_32")
+    parser.add_argument("--tta-dataset", default="fashion_mnist")
+    parser.add_argument("--tta-data", help="dataset folder (default: the dataset's default location)")
+    parser.add_argument("--tta-epochs", type=int, default=5, help="length of the training run (default: 5)")
+    parser.add_argument("--tta-samples-per-class", type=int, help="train on this many images per class")
+    parser.add_argument("--tta-output", help="keep the training run in this folder")
+    parser.add_argument("--output", help="write the report as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """A BenchConfig from the parsed ``cct bench`` options."""
+    variants = tuple(VARIANTS) if tuple(args.variants) == ("all",) else tuple(args.variants)
+    return BenchConfig(
+        models=tuple(args.models), batch_sizes=tuple(args.batch_sizes), variants=variants, modes=tuple(args.modes),
+        precision=args.precision, compile=args.compile, device=args.device, threads=args.threads,
+        warmup=args.warmup, repeats=args.repeats, steps=args.steps,
+        peak_sizes=tuple(args.peak_sizes) if args.peak_sizes else None, seed=args.seed,
+        scaling=args.scaling, scaling_model=args.scaling_model, scaling_sizes=tuple(args.scaling_sizes),
+        scaling_batches=tuple(args.scaling_batches), time_to_accuracy=args.time_to_accuracy,
+        tta_model=args.tta_model, tta_dataset=args.tta_dataset, tta_data=args.tta_data, tta_epochs=args.tta_epochs,
+        tta_samples_per_class=args.tta_samples_per_class, tta_output=args.tta_output,
+    )  # fmt: skip
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``cct bench``: tune the process like ``cct train``, run, print the tables, write JSON."""
+    from .training.runtime import tune_cpu
+
+    config = config_from_args(args)
+    for model in config.models:
+        parse_model_spec(model)  # fail on a bad name before minutes of measuring
+    tune_cpu(config.threads)
+    report = run_benchmark(config, quiet=args.quiet)
+    print(format_report(report))
+    if args.output:
+        path = Path(args.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
