@@ -64,7 +64,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.loop import load_run_config, train
+    from .training.loop import estimate_epoch_seconds, fit_schedule_to_time, load_run_config, train
     from .training.recipe import RECIPES, TrainConfig, explicit_args, resolve_config
     from .training.runtime import tune_cpu
 
@@ -87,6 +87,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if recipe not in RECIPES:
             raise CliError(f"unknown recipe {recipe!r}; expected auto or one of: {', '.join(RECIPES)}")
         config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
+        if config.time_limit is not None:
+            # Plan the schedule (and, for the small recipe, the augmentation strength) for the budget.
+            epoch_seconds = estimate_epoch_seconds(config)
+            fitted = fit_schedule_to_time(config, elapsed=epoch_seconds, epoch_seconds=epoch_seconds)
+            if fitted is not None:
+                args.epochs = fitted["epochs"]
+                config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
+                logger.info("time limit %.1f min, ~%.1f s per epoch here: planned %d epochs",
+                            config.time_limit, epoch_seconds, config.epochs)
         result = train(config)
     return 130 if result.interrupted else 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -449,6 +450,45 @@ def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: n
         summary = ", ".join(f"{n} top-1 {final[n]['top1']:.2f}%" for n, _ in splits)
         logger.info("done: %s; run directory %s", summary, run_dir)
     return final
+
+
+def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 6) -> float:
+    """Seconds one epoch (training + validation) of ``config`` will take here, from a few timed steps on
+    a throwaway copy of the model; the global RNG is left untouched."""
+    device = select_device(config.device)
+    data = load_training_data(config)
+    img_size = _pair(config.img_size) if config.img_size is not None else data.image_size
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = prepare_model(build_student(config.replace(pretrained=None), data, img_size), device)
+        transform = TrainAugment(AugmentConfig(
+            image_size=img_size, mean=model.config.mean, std=model.config.std, scale=config.scale,
+            ratio=config.ratio, hflip=config.hflip, randaugment=config.aa, reprob=config.reprob,
+            interpolation=config.interpolation,
+        ))  # fmt: skip
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        amp_dtype = autocast_dtype(device, config.amp)
+        batch = min(config.batch_size, len(data.train))
+        images = data.train.images[:batch].to(device) if data.train.images is not None else None
+        if images is None:
+            images = torch.stack([data.train_stream[i][0] for i in range(batch)]).to(device)
+        labels = smooth_one_hot(data.train.labels[:batch].to(device), data.num_classes, config.smoothing)
+        times = []
+        for _ in range(probe_steps):
+            start = time.perf_counter()
+            inputs = prepare_input(transform(images))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(inputs)
+            loss = SoftTargetCrossEntropy()(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    step = sorted(times[2:])[len(times[2:]) // 2]
+    steps_per_epoch = max(1, len(data.train) // batch)
+    eval_steps = math.ceil(len(data.val) / batch)
+    return steps_per_epoch * step + eval_steps * step / 3  # inference ~3x cheaper than a training step
 
 
 def fit_schedule_to_time(config: TrainConfig, elapsed: float, epoch_seconds: float) -> dict | None:

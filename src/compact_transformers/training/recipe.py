@@ -278,8 +278,8 @@ _PAPER = {name: getattr(TrainConfig(), name) for name in _RECIPE_FIELDS}
 RECIPES: dict[str, dict[str, Any]] = {
     # Hassani et al. 2021: 300 epochs, 10 warmup + 10 cooldown, AdamW 5.5e-4, RandAugment, mixup/cutmix.
     "paper": dict(_PAPER),
-    # A few thousand images, or a brief run: the paper's recipe with warmup and cooldown scaled to the
-    # epochs (apply_recipe), so a 20-epoch run is not half warmup.
+    # A few thousand images, or a brief run: the paper's recipe with warmup, cooldown and augmentation
+    # strength scaled to the epochs (apply_recipe), so a 20-epoch run is not half warmup.
     "small": {**_PAPER, "epochs": 100},
     # sklearn's 8x8 digits upsampled to 16x16: RandAugment at magnitude 9 and mixup/cutmix wipe out
     # 16x16 strokes, and digits are not mirror-symmetric.
@@ -316,7 +316,19 @@ def apply_recipe(config: TrainConfig, recipe: str, *, epochs: int | None = None)
         n = _coerce("epochs", changes["epochs"])
         changes["warmup_epochs"] = min(10, max(1, n // 20)) if n >= 4 else 0
         changes["cooldown_epochs"] = min(10, n // 20)
+    if recipe == "small":
+        changes.update(regularisation_for_epochs(_coerce("epochs", changes["epochs"])))
     return config.replace(**changes)
+
+
+def regularisation_for_epochs(epochs: int) -> dict[str, Any]:
+    """Augmentation strength for a run of ``epochs``: the paper's RandAugment m9 + Mixup/CutMix pay off
+    over long schedules and hold a short run back, so shorter runs get lighter settings."""
+    if epochs < 25:
+        return {"aa": None, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0}
+    if epochs < 75:
+        return {"aa": "rand-m6-mstd0.5-inc1", "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 0.5}
+    return {"aa": _PAPER["aa"], "mixup": _PAPER["mixup"], "cutmix": _PAPER["cutmix"], "mixup_prob": 1.0}
 
 
 # --------------------------------------------------------------------------------------
