@@ -57,7 +57,7 @@ def test_run_bench_writes_report(tmp_path, capsys, one_thread):
         assert r["model"] == "cct_2_3x2_32" and r["input"] == "16x16x1" and r["batch_size"] == 4
         assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"])
         assert r["median_s"] > 0 and r["img_per_s"] > 0 and r["tflops"] > 0 and r["macs_per_image"] > 0
-        assert r["first_step_s"] > 0
+        assert r["first_step_s"] > 0 and r["peak_tflops"] > 0 and r["peak_fraction"] > 0
         assert r["peak_mem_mb"] is None or r["peak_mem_mb"] > 0
     baseline = next(r for r in results if r["variant"] == "baseline")
     assert (baseline["precision"], baseline["channels_last"], baseline["attn_impl"]) == ("fp32", False, "explicit")
@@ -79,7 +79,7 @@ def test_measure_interleaved_alternates_variants():
     calls: list[str] = []
     steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     results = measure_interleaved(steps, torch.device("cpu"), warmup=2, repeats=3, steps_per_repeat=2)
-    # warm-up a,b (timed) then a,b (memory), then three repeats of a,a,b,b
+    # warm-up a,b then a,b (memory), then three repeats of a,a,b,b
     assert calls == ["a", "b", "a", "b"] + ["a", "a", "b", "b"] * 3
     assert all(len(m.times_s) == 3 and m.median_s >= 0 for m in results.values())
 

@@ -132,7 +132,7 @@ class BenchConfig:
     compile: bool = False  # add a "+compile" copy of every variant but the baseline
     device: str = "auto"
     threads: int | None = None
-    warmup: int = 3  # untimed steps per variant; the last one measures peak memory
+    warmup: int = 3  # untimed steps per variant; the second one measures peak memory
     repeats: int = 5
     steps: int | None = None  # steps per timed repeat (None: 1 on CPU, 10 on CUDA)
     peak_sizes: tuple[int, ...] | None = None  # matmul sizes for the peak (None: 512..2048 CPU, 2048..8192 CUDA)
@@ -170,7 +170,7 @@ class BenchConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.warmup < 1:
-            raise ValueError(f"warmup must be >= 1 (its last step measures memory), got {self.warmup}")
+            raise ValueError(f"warmup must be >= 1 (a warm-up step measures memory), got {self.warmup}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.steps is not None and self.steps < 1:
@@ -231,7 +231,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_matmul_peak(device: torch.device, sizes: tuple[int, ...], repeats: int = 3) -> dict[str, dict]:
+def measure_matmul_peak(device: torch.device, sizes: tuple[int, ...], repeats: int = 5) -> dict[str, dict]:
     """Best TFLOP/s of torch.mm on n x n matrices per dtype (fp32, bf16, and fp16 on CUDA)."""
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
     inner = 1 if device.type == "cpu" else 20  # one CUDA matmul is too short to time alone
@@ -394,17 +394,23 @@ class Measurement:
 
 def measure_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int,
                         steps_per_repeat: int = 1) -> dict[str, Measurement]:
-    """Warm up and time every step function in turn (a, b, a, b ...); the last warm-up round measures memory."""
+    """Warm up and time every step function in turn (a, b, a, b ...).
+
+    The second warm-up round (the only one if ``warmup`` is 1) measures peak memory: after the first round's
+    one-time costs (compilation, optimizer state), and before further rounds, which refill the heap that
+    the memory measurement gave back to the OS so that the timed steps do not pay for page faults.
+    """
     first: dict[str, float] = {}
-    for round_index in range(warmup - 1):
-        for name, step in steps.items():
-            seconds = _timed(step, device)
-            first.setdefault(name, seconds)
     memory = {}
-    for name, step in steps.items():
-        seconds, peak, delta = run_with_memory(step, device)
-        first.setdefault(name, seconds)
-        memory[name] = (peak, delta)
+    memory_round = min(1, warmup - 1)
+    for round_index in range(warmup):
+        for name, step in steps.items():
+            if round_index == memory_round:
+                seconds, peak, delta = run_with_memory(step, device)
+                memory[name] = (peak, delta)
+            else:
+                seconds = _timed(step, device)
+            first.setdefault(name, seconds)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
@@ -424,19 +430,17 @@ def _macs(spec: ModelSpec) -> int:
 
 
 def _record(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, macs: int, result: Measurement,
-            amp_dtype: torch.dtype | None, peaks: dict[str, dict]) -> dict:
+            amp_dtype: torch.dtype | None) -> dict:
     compute_dtype = amp_dtype if variant.amp and amp_dtype is not None else torch.float32
     precision = _DTYPE_NAMES[compute_dtype]
     flops_per_image = 2 * macs * (3 if mode == "train" else 1)
-    tflops = flops_per_image * batch_size / result.median_s / 1e12
-    peak = peaks.get(precision, {}).get("tflops")
     return {
         "model": spec.name, "input": spec.label, "batch_size": batch_size, "mode": mode, "variant": variant.name,
         "precision": precision, "channels_last": variant.channels_last, "attn_impl": variant.attn_impl,
         "fused_optimizer": variant.recipe_optimizer, "compiled": variant.compile, "macs_per_image": macs,
         "median_s": result.median_s, "min_s": min(result.times_s), "times_s": result.times_s,
-        "first_step_s": result.first_step_s, "img_per_s": batch_size / result.median_s, "tflops": tflops,
-        "peak_tflops": peak, "peak_fraction": tflops / peak if peak else None,
+        "first_step_s": result.first_step_s, "img_per_s": batch_size / result.median_s,
+        "tflops": flops_per_image * batch_size / result.median_s / 1e12,
         "peak_mem_mb": result.peak_mem_mb, "mem_delta_mb": result.mem_delta_mb,
     }  # fmt: skip
 
@@ -461,7 +465,7 @@ def _say(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def bench_models(config: BenchConfig, device: torch.device, peaks: dict[str, dict], quiet: bool = False) -> list[dict]:
+def bench_models(config: BenchConfig, device: torch.device, quiet: bool = False) -> list[dict]:
     """Throughput records of every model x batch size x mode x variant, variants measured interleaved."""
     amp_dtype = _amp_dtype(config.precision, device)
     steps_per_repeat = config.steps or (1 if device.type == "cpu" else 10)
@@ -476,7 +480,7 @@ def bench_models(config: BenchConfig, device: torch.device, peaks: dict[str, dic
                 steps = {v.name: build_step(spec, v, mode, batch_size, device, amp_dtype, config.seed) for v in variants}
                 results = measure_interleaved(steps, device, config.warmup, config.repeats, steps_per_repeat)
                 for variant in variants:
-                    records.append(_record(spec, variant, mode, batch_size, macs, results[variant.name], amp_dtype, peaks))
+                    records.append(_record(spec, variant, mode, batch_size, macs, results[variant.name], amp_dtype))
                 del steps, results
                 gc.collect()
     return records
@@ -619,10 +623,22 @@ def run_benchmark(config: BenchConfig, quiet: bool = False) -> dict:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     report: dict = {"schema": SCHEMA, "machine": machine_info(device), "settings": _settings(config, device)}
-    sizes = config.peak_sizes or ((512, 1024, 2048) if device.type == "cpu" else (2048, 4096, 8192))
+    # the peak is measured before and after the models, and the better one counts: on a shared machine a
+    # single measurement can land in a burst of load
+    sizes = tuple(config.peak_sizes or ((512, 1024, 2048) if device.type == "cpu" else (2048, 4096, 8192)))
     _say(f"bench: matmul peak on {device} ({', '.join(map(str, sizes))})", quiet)
-    report["matmul_peak"] = measure_matmul_peak(device, tuple(sizes))
-    report["results"] = bench_models(config, device, report["matmul_peak"], quiet)
+    peak_start = measure_matmul_peak(device, sizes)
+    report["results"] = bench_models(config, device, quiet)
+    peak_end = measure_matmul_peak(device, sizes)
+    report["matmul_peak"] = {
+        dtype: {"tflops": max(peak_start[dtype]["tflops"], peak_end[dtype]["tflops"]),
+                "start": peak_start[dtype], "end": peak_end[dtype]}
+        for dtype in peak_start
+    }  # fmt: skip
+    for record in report["results"]:
+        peak = report["matmul_peak"].get(record["precision"], {}).get("tflops")
+        record["peak_tflops"] = peak
+        record["peak_fraction"] = record["tflops"] / peak if peak else None
     report["speedups"] = _speedups(report["results"])
     if config.scaling:
         report["scaling"] = bench_scaling(config, device, quiet)

@@ -249,6 +249,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .benchmark import add_bench_arguments
     from .training.recipe import add_config_arguments
 
     parser = argparse.ArgumentParser(prog="cct", description="Compact Transformers: train from scratch on small data.")
@@ -300,7 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="output file (or directory for safetensors)")
     export.add_argument("--opset", type=int, default=18)
     export.set_defaults(func=cmd_export)
+
+    bench = commands.add_parser("bench", help="training / inference speed against an in-run baseline",
+                                description="Measure img/s, TFLOP/s against the measured matmul peak, "
+                                            "peak memory; baseline and fast variants interleaved.")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import run_bench
+
+    return run_bench(args)
 
 
 def main(argv: list[str] | None = None) -> int:
