@@ -52,7 +52,8 @@ def test_run_bench_writes_report(tmp_path, capsys, one_thread):
     assert report["matmul_peak"]["fp32"]["tflops"] > 0 and report["matmul_peak"]["bf16"]["tflops"] > 0
 
     results = report["results"]
-    assert {(r["variant"], r["mode"]) for r in results} == {(v, m) for v in ("baseline", "fast") for m in ("train", "infer")}
+    expected = {(v, m) for v in ("baseline", "fast") for m in ("train", "infer")}
+    assert {(r["variant"], r["mode"]) for r in results} == expected
     for r in results:
         assert r["model"] == "cct_2_3x2_32" and r["input"] == "16x16x1" and r["batch_size"] == 4
         assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"])
@@ -96,7 +97,8 @@ def test_scaling_reports_tokens_batches_and_attention_memory(one_thread):
 
 
 def test_first_reaching_picks_first_epoch_over_target():
-    history = [{"epoch": e + 1, "epoch_seconds": 2.0, "val_top1": acc} for e, acc in enumerate([40.0, 71.0, 65.0, 80.0])]
+    accuracies = [40.0, 71.0, 65.0, 80.0]
+    history = [{"epoch": e + 1, "epoch_seconds": 2.0, "val_top1": acc} for e, acc in enumerate(accuracies)]
     stamps = [3.0, 6.0, 9.0, 12.0]
     assert first_reaching(history, stamps, 70.0) == {"reached": True, "epoch": 2, "seconds": 6.0, "train_seconds": 4.0}
     assert first_reaching(history, stamps, 90.0)["reached"] is False

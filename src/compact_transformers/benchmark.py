@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -63,7 +63,8 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("baseline", "explicit", False, False, False, "paper's reference form: fp32, NCHW, explicit attention"),
-        Variant("fast", "auto", True, True, True, "what `cct train` runs: autocast, channels-last, auto attention, fused AdamW"),
+        Variant("fast", "auto", True, True, True,
+                "what `cct train` runs: autocast, channels-last, auto attention, fused AdamW"),
         # one lever at a time on top of the baseline
         Variant("fp32-cl", "explicit", True, False, False, "baseline + channels-last"),
         Variant("amp-nchw", "explicit", False, True, False, "baseline + mixed precision"),
@@ -115,7 +116,9 @@ def parse_model_spec(text: str) -> ModelSpec:
         return ModelSpec(preset.name, tuple(config.img_size), config.in_chans)
     parts = shape.lower().split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"model spec {text!r}: expected NAME or NAME:HxWxC with positive integers, e.g. cct_2_3x2_32:28x28x1")
+        raise ValueError(
+            f"model spec {text!r}: expected NAME or NAME:HxWxC with positive integers, e.g. cct_2_3x2_32:28x28x1"
+        )
     height, width, chans = (int(p) for p in parts)
     return ModelSpec(preset.name, (height, width), chans)
 
@@ -219,7 +222,8 @@ def machine_info(device: torch.device) -> dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         # on a CPU shared with other processes, spinning OpenMP threads can stall each other badly
-        "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
+        "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+                    if k in os.environ},
     }
     if hasattr(os, "getloadavg"):
         info["load_average_start"] = list(os.getloadavg())
@@ -477,7 +481,9 @@ def bench_models(config: BenchConfig, device: torch.device, quiet: bool = False)
             for mode in config.modes:
                 _say(f"bench: {spec.name} {spec.label} batch {batch_size} {mode}: "
                      f"{', '.join(v.name for v in variants)}", quiet)  # fmt: skip
-                steps = {v.name: build_step(spec, v, mode, batch_size, device, amp_dtype, config.seed) for v in variants}
+                steps = {
+                    v.name: build_step(spec, v, mode, batch_size, device, amp_dtype, config.seed) for v in variants
+                }
                 results = measure_interleaved(steps, device, config.warmup, config.repeats, steps_per_repeat)
                 for variant in variants:
                     records.append(_record(spec, variant, mode, batch_size, macs, results[variant.name], amp_dtype))
@@ -744,11 +750,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (default: 3)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant; the median counts (default: 5)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (default: 5)")
     parser.add_argument("--steps", type=int, help="steps per timed repeat (default: 1 on CPU, 10 on CUDA)")
-    parser.add_argument("--peak-sizes", type=_int_list, help="matmul sizes for the peak TFLOP/s (default: 512,1024,2048 CPU)")
+    parser.add_argument("--peak-sizes", type=_int_list,
+                        help="matmul sizes for the peak TFLOP/s (default: 512,1024,2048 on CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scaling", action="store_true", help="also step time vs tokens and batch size, attention memory")
+    parser.add_argument("--scaling", action="store_true",
+                        help="also step time vs tokens and vs batch size, and attention memory")
     parser.add_argument("--scaling-model", default="cct_2_3x2_32")
     parser.add_argument("--scaling-sizes", type=_int_list, default=(16, 32, 64), help="input sizes in pixels")
     parser.add_argument("--scaling-batches", type=_int_list, default=(32, 64, 128, 256, 512))
