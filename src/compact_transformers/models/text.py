@@ -7,12 +7,12 @@ so appending padding to a sequence does not change its logits.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .config import ModelConfig
 from .layers import ATTENTION_IMPLS, TransformerClassifier
 from .tokenizers import TextConvTokenizer
 
@@ -20,7 +20,7 @@ TEXT_FAMILIES = ("transformer", "vit_lite", "cvt", "cct")
 
 
 @dataclass
-class TextConfig:
+class TextConfig(ModelConfig):
     """Everything needed to build a text model; saved as JSON beside the weights."""
 
     family: str = "cct"
@@ -55,20 +55,6 @@ class TextConfig:
             raise ValueError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
         if self.family in ("vit_lite", "cvt") and self.seq_len % self.patch_size:
             raise ValueError(f"seq_len {self.seq_len} must be divisible by patch_size {self.patch_size}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TextConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown text config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
-
-    def replace(self, **changes: object) -> "TextConfig":
-        return dataclasses.replace(self, **changes)
 
 
 class Embedder(nn.Module):

@@ -8,12 +8,12 @@ CCT        conv tokenizer (n x conv/pool) SeqPool      learnable / sine / none
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .config import ModelConfig
 from .layers import ATTENTION_IMPLS, TransformerClassifier
 from .tokenizers import ConvTokenizer, patch_embed
 
@@ -28,7 +28,7 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 @dataclass
-class VisionConfig:
+class VisionConfig(ModelConfig):
     """Everything needed to build a vision model; saved as JSON beside the weights."""
 
     family: str = "cct"
@@ -83,23 +83,6 @@ class VisionConfig:
     @property
     def padding(self) -> int:
         return self.conv_padding if self.conv_padding is not None else max(1, self.kernel_size // 2)
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["img_size"] = list(self.img_size)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VisionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
-
-    def replace(self, **changes: object) -> "VisionConfig":
-        return dataclasses.replace(self, **changes)
 
 
 class CompactTransformer(nn.Module):
