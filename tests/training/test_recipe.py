@@ -106,7 +106,19 @@ def test_paper_recipe_equals_defaults():
 def test_small_recipe_scales_warmup_and_cooldown(epochs, warmup, cooldown):
     c = apply_recipe(TrainConfig(), "small", epochs=epochs)
     assert (c.epochs, c.warmup_epochs, c.cooldown_epochs) == (epochs, warmup, cooldown)
-    assert c.lr == TrainConfig().lr
+
+
+@pytest.mark.parametrize("epochs", [2, 24, 25, 74, 75, 300])
+def test_small_recipe_scales_augmentation_with_epochs(epochs):
+    c = apply_recipe(TrainConfig(), "small", epochs=epochs)
+    paper = TrainConfig()
+    if epochs < 25:  # brief: no RandAugment, mixing or dropout
+        assert (c.aa, c.mixup, c.cutmix, c.drop_path, c.attn_drop) == (None, 0.0, 0.0, 0.0, 0.0)
+        assert c.lr > paper.lr
+    elif epochs < 75:  # moderate: RandAugment m6, no mixing
+        assert c.aa == "rand-m6-mstd0.5-inc1" and (c.mixup, c.cutmix) == (0.0, 0.0) and c.drop_path == 0.1
+    else:  # long: the paper's augmentation
+        assert (c.aa, c.mixup, c.cutmix, c.mixup_prob, c.lr) == (paper.aa, paper.mixup, paper.cutmix, 1.0, paper.lr)
 
 
 def test_digits_recipe():

@@ -354,8 +354,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 if progress is not None:
                     seen = (step - start_step + 1) * global_batch
                     progress.set_postfix(
-                        loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
-                        img_s=f"{seen / (time.perf_counter() - tick):.0f}",
+                        loss=f"{loss.item():.3f}", acc=f"{100 * sums['top1'].item() / sums['count'].item():.1f}",
+                        lr=f"{lr:.2e}", img_s=f"{seen / (time.perf_counter() - tick):.0f}",
                     )  # fmt: skip
                     progress.update(1)
                 over_time = config.time_limit is not None and time.monotonic() - started > config.time_limit * 60
@@ -371,7 +371,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                             return RunResult(run_dir, epoch, best_top1, interrupted=True)
                         logger.warning("time limit of %.1f min reached during epoch %d", config.time_limit, epoch + 1)
                     break
-            seconds = time.perf_counter() - tick
+            train_end = time.perf_counter()
+            seconds = train_end - tick
             if progress is not None:
                 progress.close()
             start_step = 0
@@ -396,7 +397,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                     best_top1 = val.top1
                     checkpoint("best", epoch + 1, 0, None)
             if config.time_limit is not None and state is None and epoch == 0 and not stopped:
-                steady = 2 * (time.perf_counter() - half_tick) if half_tick is not None else seconds
+                steady = 2 * (train_end - half_tick) if half_tick is not None else seconds
                 epoch_estimate = steady + (time.perf_counter() - tick - seconds)  # + evaluation time
                 fitted = fit_schedule_to_time(config, time.monotonic() - started, epoch_estimate)
                 if fitted is not None:
