@@ -38,7 +38,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         row = complexity(model, name).to_dict()
         row.update(
             family=preset.config["family"],
-            positional_embedding=preset.config.get("positional_embedding"),
+            positional_embedding=model.config.positional_embedding,
             weights=preset.weights_url,
             weights_accuracy=preset.weights_accuracy,
             paper_accuracy=preset.paper_accuracy or None,
@@ -65,10 +65,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.loop import estimate_epoch_seconds, fit_schedule_to_time, load_run_config, train
-    from .training.recipe import RECIPES, TrainConfig, explicit_args, resolve_config
+    from .training.recipe import RECIPES, TrainConfig, explicit_args, load_yaml_config, resolve_config
     from .training.runtime import tune_cpu
 
     tune_cpu()
+    if args.resume and (args.config or args.recipe != "auto"):
+        raise CliError("--resume continues a run as it was configured: it takes no --config or --recipe")
     if args.resume:
         run_dir = Path(args.resume)
         config = load_run_config(run_dir)
@@ -82,8 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         recipe = args.recipe
         if recipe == "auto":
-            dataset_given = explicit_args(args).get("dataset") or explicit_args(args).get("data")
-            recipe = "digits" if not dataset_given or explicit_args(args).get("dataset") == "digits" else "small"
+            given = {**(load_yaml_config(args.config) if args.config else {}), **explicit_args(args)}
+            dataset_given = given.get("dataset") or given.get("data")
+            recipe = "digits" if not dataset_given or given.get("dataset") == "digits" else "small"
         if recipe not in RECIPES:
             raise CliError(f"unknown recipe {recipe!r}; expected auto or one of: {', '.join(RECIPES)}")
         config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
@@ -92,8 +95,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             epoch_seconds = estimate_epoch_seconds(config)
             fitted = fit_schedule_to_time(config, elapsed=epoch_seconds, epoch_seconds=epoch_seconds)
             if fitted is not None:
+                explicit = explicit_args(args)
                 args.epochs = fitted["epochs"]
                 config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
+                # the recipe scaled warmup/cooldown already unless a file or option fixed them
+                unscaled = {k: fitted[k] for k in ("warmup_epochs", "cooldown_epochs") if k not in explicit}
+                if config.warmup_epochs + config.cooldown_epochs > config.epochs:
+                    config = config.replace(**unscaled)
                 logger.info("time limit %.1f min, ~%.1f s per epoch here: planned %d epochs",
                             config.time_limit, epoch_seconds, config.epochs)
         result = train(config)
@@ -104,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_for_inference(source: str):
-    from .models import create_model, load_model
+    from .models import create_model, get_preset, load_model
     from .training.state import checkpoint_dir
 
     path = Path(source)
@@ -115,7 +123,12 @@ def _load_for_inference(source: str):
         return load_model(best if best.exists() else checkpoint_dir(path)), path
     if path.exists():
         return load_model(path), path.parent if path.is_file() else path
-    if source.count("/") == 0 and not source.endswith((".safetensors", ".pth", ".pt")):
+    if not source.endswith((".safetensors", ".pth", ".pt")):
+        try:
+            get_preset(source)
+        except ValueError:
+            raise CliError(f"model not found: {source} (expected a run directory, a saved model, a "
+                           ".safetensors file or a preset with released weights)") from None
         return create_model(source, pretrained=True), None
     raise CliError(f"model not found: {source} (expected a run directory, a saved model or a .safetensors file)")
 
@@ -336,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 0
-    except (CliError, DatasetError, CheckpointError, ValueError, FileNotFoundError, TypeError) as error:
+    except ImportError as error:
+        print(f"cct {args.command}: error: {error.name or error} is not installed; "
+              "pip install 'compact-transformers[all]'", file=sys.stderr)
+        return 2
+    except (CliError, DatasetError, CheckpointError, ValueError, OSError, FloatingPointError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"cct {args.command}: error: {message}", file=sys.stderr)
         if args.verbose:

@@ -56,7 +56,7 @@ def test_unknown_model_name_suggests_close_names() -> None:
 
 
 def test_unknown_override_option() -> None:
-    with pytest.raises(TypeError) as error:
+    with pytest.raises(ValueError) as error:
         create_model("cct_2_3x2_32", num_clases=5)
     message = _one_line(error)
     assert "num_clases" in message and "num_classes" in message

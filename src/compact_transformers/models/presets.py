@@ -75,7 +75,7 @@ class Preset:
         known = set(config_class.__dataclass_fields__)
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise TypeError(
+            raise ValueError(
                 f"create_model({self.name!r}) got unknown option(s) {unknown}; valid options: {sorted(known)}"
             )
         return config_class(**{**self.config, **overrides})

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import math
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from ..augment import AugmentConfig, EvalTransform, MixupCutmix, TrainAugment, s
 from ..data import ImageDataset, load_dataset, subset_per_class
 from ..models import create_model, get_preset, load_model
 from ..models.weights import CheckpointError, save_model
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup_distributed
+from .distributed import DistInfo, all_reduce_sum, cleanup, setup_distributed
 from .losses import DistillationLoss, SoftTargetCrossEntropy
 from .metrics import EvalResult, accuracy_counts, predict_logits, result_from_counts
 from .optim import build_optimizer
@@ -88,6 +89,8 @@ def load_training_data(config: TrainConfig) -> ImageDataset:
         seed=config.seed,
         image_size=config.img_size if resize_on_load else None,
     )
+    if config.num_classes is not None and config.num_classes != data.num_classes:
+        raise ValueError(f"num_classes is {config.num_classes} but {data.name} has {data.num_classes} classes")
     if config.samples_per_class is not None:
         keep = subset_per_class(data.train.labels, config.samples_per_class, config.seed)
         data.train = data.train.select(keep)
@@ -160,7 +163,8 @@ def load_teacher(source: str, device: torch.device) -> nn.Module:
 def new_run_dir(config: TrainConfig) -> Path:
     base = Path(config.output)
     dataset = config.dataset or ("digits" if config.data is None else Path(config.data).name)
-    name = config.name or f"{config.model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model)  # aliases such as CCT-7/3x1
+    name = config.name or f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, suffix = base / name, 1
     while run_dir.exists():  # never write into (and damage) an existing run
         suffix += 1
@@ -189,6 +193,11 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     if resume:
         last = checkpoint_dir(run_dir)
         state = load_state(last)
+        if state.get("world_size", 1) != info.world_size:
+            raise CheckpointError(
+                f"{run_dir} was trained with {state.get('world_size', 1)} process(es); resume it with the same "
+                f"number (this run has {info.world_size})"
+            )
         model = load_model(last)
     else:
         state = None
@@ -200,6 +209,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             run_dir = Path(shared[0])
     model = prepare_model(model, device)
     model_config = model.config
+    # Same initial weights on every rank (seeded above), different augmentation draws per rank.
+    torch.manual_seed(config.seed + info.rank)
     mean, std = model_config.mean, model_config.std
 
     augment_config = AugmentConfig(
@@ -214,6 +225,12 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing, num_classes=num_classes,
     )  # fmt: skip
     teacher = load_teacher(config.teacher, device) if config.teacher else None
+    if teacher is not None and (teacher.config.num_classes != data.num_classes
+                                or tuple(teacher.config.img_size) != tuple(model_config.img_size)):
+        raise ValueError(
+            f"teacher {config.teacher} is for {teacher.config.num_classes} classes at "
+            f"{teacher.config.img_size}, the student for {data.num_classes} at {model_config.img_size}"
+        )
     criterion: nn.Module = SoftTargetCrossEntropy()
     if teacher is not None:
         criterion = DistillationLoss(criterion, config.distill_alpha)
@@ -242,6 +259,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         loader = torch.utils.data.DataLoader(
             data.train_stream, batch_sampler=[index.tolist() for index in index_lists],
             num_workers=config.workers, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),  # keeps the global RNG
         )  # fmt: skip
         for images, labels in loader:
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -360,15 +378,15 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                     progress.update(1)
                 over_time = config.time_limit is not None and time.monotonic() - started > config.time_limit * 60
                 if _any_rank(stop.signal is not None or over_time, device, info):
-                    if step + 1 < steps_per_epoch:
-                        interrupted = stop.signal is not None
+                    interrupted = _any_rank(stop.signal is not None, device, info)
+                    if step + 1 < steps_per_epoch and interrupted:
                         checkpoint("last", epoch, step + 1, {k: v.cpu() for k, v in sums.items()})
                         if progress is not None:
                             progress.close()
-                        if interrupted:
-                            logger.warning("interrupted: saved %s; continue with `cct train --resume %s`",
-                                           run_dir / "checkpoints" / "last", run_dir)
-                            return RunResult(run_dir, epoch, best_top1, interrupted=True)
+                        logger.warning("interrupted: saved %s; continue with `cct train --resume %s`",
+                                       run_dir / "checkpoints" / "last", run_dir)
+                        return RunResult(run_dir, epoch, best_top1, interrupted=True)
+                    if not interrupted:  # the partial epoch is evaluated and recorded as the last one
                         logger.warning("time limit of %.1f min reached during epoch %d", config.time_limit, epoch + 1)
                     break
             train_end = time.perf_counter()
@@ -384,9 +402,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 "img_per_s": sums["count"].item() / max(seconds, 1e-9), "epoch_seconds": seconds,
             }  # fmt: skip
             last_epoch = epoch + 1 == config.epochs
-            stopped = stop.signal is not None or (
+            stopped = _any_rank(stop.signal is not None or (
                 config.time_limit is not None and time.monotonic() - started > config.time_limit * 60
-            )
+            ), device, info)  # fmt: skip
             if (epoch + 1) % config.eval_interval == 0 or last_epoch or stopped:
                 val = _evaluate(model, val_images, val_labels, eval_transform, num_classes, amp_dtype, info)
                 record.update({"val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5})
@@ -399,7 +417,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             if config.time_limit is not None and state is None and epoch == 0 and not stopped:
                 steady = 2 * (train_end - half_tick) if half_tick is not None else seconds
                 epoch_estimate = steady + (time.perf_counter() - tick - seconds)  # + evaluation time
-                fitted = fit_schedule_to_time(config, time.monotonic() - started, epoch_estimate)
+                fitted = _from_rank0(fit_schedule_to_time(config, time.monotonic() - started, epoch_estimate), info)
                 if fitted is not None:
                     config, scaled = config.replace(**fitted), scaled.replace(**fitted)
                     schedule = LRSchedule.from_config(optimizer, scaled, steps_per_epoch=steps_per_epoch)
@@ -412,7 +430,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 _append_history(run_dir, record)
                 _log_epoch(config, record)
             if stopped:
-                interrupted = stop.signal is not None
+                interrupted = _any_rank(stop.signal is not None, device, info)
                 break
 
     epochs_done = len(history)
@@ -531,6 +549,15 @@ def _any_rank(flag: bool, device: torch.device, info: DistInfo) -> bool:
     tensor = torch.tensor(float(flag), device=device)
     all_reduce_sum({"flag": tensor}, info)
     return tensor.item() > 0
+
+
+def _from_rank0(value: object, info: DistInfo) -> object:
+    """Rank 0's ``value`` on every rank, so that all ranks take the same decision."""
+    if not info.enabled:
+        return value
+    shared = [value]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def _gather_rng(info: DistInfo) -> dict | list:

@@ -30,8 +30,8 @@ def rng_state() -> dict:
         "numpy_pos": int(np.random.get_state()[2]),
         "python": repr(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's current device
     return state
 
 
@@ -41,7 +41,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", keys, state["numpy_pos"]))
     random.setstate(_literal_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _literal_tuple(text: str) -> tuple:
