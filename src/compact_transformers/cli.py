@@ -113,16 +113,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_for_inference(source: str):
     from .models import create_model, get_preset, load_model
-    from .training.state import checkpoint_dir
+    from .training.state import run_model_dir
 
     path = Path(source)
-    if path.is_dir() and (path / "model").is_dir():
-        return load_model(path / "model"), path
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        best = path / "checkpoints" / "best"
-        return load_model(best if best.exists() else checkpoint_dir(path)), path
-    if path.exists():
-        return load_model(path), path.parent if path.is_file() else path
+    model_path = run_model_dir(path)
+    if model_path.exists():
+        is_run = model_path != path
+        return load_model(model_path), path if is_run else (path.parent if path.is_file() else path)
     if not source.endswith((".safetensors", ".pth", ".pt")):
         try:
             get_preset(source)

@@ -33,7 +33,7 @@ from .plots import plot_confusion, plot_curves
 from .recipe import TrainConfig
 from .runtime import autocast_dtype, prepare_input, prepare_model, select_device
 from .schedule import LRSchedule
-from .state import checkpoint_dir, load_state, rng_state, save_checkpoint, set_rng_state
+from .state import checkpoint_dir, load_state, rng_state, run_model_dir, save_checkpoint, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +132,9 @@ def resolve_pretrained(source: str | None) -> str | None:
     name means that preset's released weights."""
     if source is None or source.startswith(("http://", "https://")):
         return source
-    path = Path(source)
-    if path.is_dir() and (path / "model").is_dir():
-        return str(path / "model")
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        best = path / "checkpoints" / "best"
-        return str(best if best.exists() else checkpoint_dir(path))
+    path = run_model_dir(Path(source))
     if path.exists():
-        return source
+        return str(path)
     preset = get_preset(source)  # raises with close names for a typo
     if preset.weights_url is None:
         raise CheckpointError(f"--pretrained {source}: no such file, and preset {preset.name} has no released weights")
@@ -147,11 +142,9 @@ def resolve_pretrained(source: str | None) -> str | None:
 
 
 def load_teacher(source: str, device: torch.device) -> nn.Module:
-    """A trained teacher: a run directory (its best checkpoint), a saved model, or a preset with weights."""
-    path = Path(source)
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        best = path / "checkpoints" / "best"
-        path = best if best.exists() else checkpoint_dir(path)
+    """A trained teacher: a run directory (its best checkpoint), a saved model, or a preset with released
+    weights."""
+    path = run_model_dir(Path(source), best_first=True)
     if path.exists():
         teacher = load_model(path)
     else:
@@ -471,9 +464,10 @@ def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: n
     return final
 
 
-def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 6) -> float:
-    """Seconds one epoch (training + validation) of ``config`` will take here, from a few timed steps on
-    a throwaway copy of the model; the global RNG is left untouched."""
+def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> float:
+    """Seconds one epoch (training + validation) of ``config`` will take here, from the fastest of a few
+    timed steps on a throwaway copy of the model (other load only slows steps down, and the refit after
+    the first epoch shrinks an optimistic plan); the global RNG is left untouched."""
     device = select_device(config.device)
     data = load_training_data(config)
     img_size = _pair(config.img_size) if config.img_size is not None else data.image_size
@@ -504,7 +498,7 @@ def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 6) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
-    step = sorted(times[2:])[len(times[2:]) // 2]
+    step = min(times[2:])
     steps_per_epoch = max(1, len(data.train) // batch)
     eval_steps = math.ceil(len(data.val) / batch)
     return steps_per_epoch * step + eval_steps * step / 3  # inference ~3x cheaper than a training step

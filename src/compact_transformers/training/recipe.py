@@ -326,7 +326,7 @@ def regularisation_for_epochs(epochs: int) -> dict[str, Any]:
     over long schedules and hold a short run back, so shorter runs get lighter settings."""
     if epochs < 25:  # a brief run: fit fast, no regularisation beyond label smoothing and weight decay
         return {"aa": None, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0, "lr": 2e-3, "drop_path": 0.0,
-                "attn_drop": 0.0}
+                "attn_drop": 0.0, "scale": (1.0, 1.0)}
     if epochs < 75:  # moderate: RandAugment at m6 and stochastic depth, no mixing
         return {"aa": "rand-m6-mstd0.5-inc1", "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0, "lr": 1e-3,
                 "drop_path": 0.1, "attn_drop": 0.0}

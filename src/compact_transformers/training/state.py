@@ -81,6 +81,20 @@ def checkpoint_dir(path: Path) -> Path:
     raise CheckpointError(f"no training checkpoint in {path}: expected {path}/checkpoints/last/{STATE_FILE}")
 
 
+def run_model_dir(path: Path, best_first: bool = False) -> Path:
+    """The model a path stands for: a run directory means its final ``model/`` (or, with ``best_first``,
+    its best checkpoint first), else its best, else its last checkpoint; any other path is itself."""
+    path = Path(path)
+    if best_first and (path / "checkpoints" / "best").is_dir():
+        return path / "checkpoints" / "best"
+    if path.is_dir() and (path / "model").is_dir():
+        return path / "model"
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        best = path / "checkpoints" / "best"
+        return best if best.exists() else checkpoint_dir(path)
+    return path
+
+
 def load_state(directory: Path) -> dict:
     path = Path(directory) / STATE_FILE
     try:
