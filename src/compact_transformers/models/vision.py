@@ -20,7 +20,7 @@ from .tokenizers import ConvTokenizer, patch_embed
 FAMILIES = ("vit_lite", "cvt", "cct")
 
 
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def to_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return (size, size)
     height, width = size
@@ -62,7 +62,7 @@ class VisionConfig(ModelConfig):
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.img_size = _pair(self.img_size)
+        self.img_size = to_pair(self.img_size)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")

@@ -24,6 +24,7 @@ from torch import nn
 from ..augment import AugmentConfig, EvalTransform, MixupCutmix, TrainAugment, smooth_one_hot
 from ..data import ImageDataset, load_dataset, subset_per_class
 from ..models import create_model, get_preset, load_model
+from ..models.vision import to_pair
 from ..models.weights import CheckpointError, save_model
 from .distributed import DistInfo, all_reduce_sum, cleanup, setup_distributed
 from .losses import DistillationLoss, SoftTargetCrossEntropy
@@ -182,7 +183,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
            resume: bool) -> RunResult:
     torch.manual_seed(config.seed)
     data = load_training_data(config)
-    img_size = _pair(config.img_size) if config.img_size is not None else data.image_size
+    img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
     if resume:
         last = checkpoint_dir(run_dir)
         state = load_state(last)
@@ -470,7 +471,7 @@ def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> float:
     the first epoch shrinks an optimistic plan); the global RNG is left untouched."""
     device = select_device(config.device)
     data = load_training_data(config)
-    img_size = _pair(config.img_size) if config.img_size is not None else data.image_size
+    img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = prepare_model(build_student(config.replace(pretrained=None), data, img_size), device)
         transform = TrainAugment(AugmentConfig(
@@ -604,10 +605,6 @@ def _announce(config, data, model, device, amp_dtype, info, steps_per_epoch, glo
         "x".join(map(str, model.config.img_size)), device, info.world_size, precision, config.epochs,
         steps_per_epoch, global_batch,
     )
-
-
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _write_config(path: Path, config: TrainConfig) -> None:
