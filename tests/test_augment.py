@@ -382,3 +382,35 @@ def test_mixup_disabled_flag():
     mixed, targets = mix(images, torch.tensor([0, 1, 2, 0]))
     assert torch.equal(mixed, images)
     assert torch.allclose(targets.max(1).values, torch.full((4,), 1 - 0.1 + 0.1 / 3))
+
+
+# ----------------------------------------------------------------------------- translation
+
+
+def test_translation_is_a_per_sample_shift_with_reflected_borders():
+    images = smooth_images(64, 1, 12, 12, seed=3)
+    cfg = config(channels=1, size=(12, 12), scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, randaugment=None,
+                 translate=2)
+    out = TrainAugment(cfg)(images)
+    # undo the normalisation: back to grey levels
+    grey = out * (cfg.std[0] * 255) + cfg.mean[0] * 255
+    padded = torch.nn.functional.pad(images.float(), (2, 2, 2, 2), mode="reflect")
+    shifts = set()
+    for i in range(images.shape[0]):
+        matches = [
+            (dy, dx) for dy in range(5) for dx in range(5)
+            if torch.allclose(grey[i], padded[i, :, dy : dy + 12, dx : dx + 12], atol=1e-3)
+        ]  # fmt: skip
+        assert matches, f"sample {i} is not a shifted window of its image"
+        shifts.add(matches[0])
+    assert len(shifts) > 10  # per-sample offsets, both signs on both axes
+    assert {dy for dy, _ in shifts} == set(range(5)) and {dx for _, dx in shifts} == set(range(5))
+
+
+def test_translation_off_leaves_images_in_place_and_bad_values_raise():
+    images = smooth_images(4, 3, 8, 8)
+    plain = TrainAugment(config(size=(8, 8), scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, randaugment=None))(images)
+    assert torch.allclose(plain, EvalTransform(config(size=(8, 8)))(images), atol=1e-4)
+    for bad in (-1, 8, 1.5):
+        with pytest.raises(ValueError, match="translate"):
+            config(size=(8, 8), translate=bad)

@@ -11,6 +11,7 @@ import torch
 from compact_transformers.benchmark import (
     VARIANTS,
     BenchConfig,
+    _master_weight_step,
     add_bench_arguments,
     bench_scaling,
     bench_time_to_accuracy,
@@ -128,3 +129,37 @@ def test_bad_input_is_reported():
     assert [v.name for v in BenchConfig(variants=("baseline", "fast"), compile=True).variant_list()] == [
         "baseline", "fast", "fast+compile",
     ]  # fmt: skip
+
+
+def test_low_precision_weights_step_updates_fp32_masters_and_rounds_them_into_the_model():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    master = [p.detach().clone() for p in model.parameters()]
+    start = [m.clone() for m in master]
+    model = model.to(torch.bfloat16)
+    inputs, labels = torch.randn(16, 8, dtype=torch.bfloat16), torch.randint(0, 3, (16,))
+    losses = []
+
+    def forward() -> torch.Tensor:
+        out = model(inputs)
+        losses.append(torch.nn.functional.cross_entropy(out.float(), labels).item())
+        return out
+
+    step = _master_weight_step(model, master, forward, labels, lr=1e-2)
+    for _ in range(20):
+        step()
+    assert all(m.dtype == torch.float32 for m in master)
+    assert all(not torch.equal(m, s) for m, s in zip(master, start))  # the fp32 copies learned
+    for m, p in zip(master, model.parameters()):
+        assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), m.detach().to(torch.bfloat16))
+    assert losses[-1] < losses[0]
+
+
+def test_low_precision_weights_variant_runs_in_bench(one_thread):
+    from compact_transformers.benchmark import ModelSpec, build_step
+
+    spec = ModelSpec("cct_2_3x2_32", (16, 16), 1)
+    for mode in ("train", "infer"):
+        step = build_step(spec, VARIANTS["lp-weights"], mode, 4, torch.device("cpu"), torch.bfloat16)
+        step()
+        step()

@@ -174,6 +174,22 @@ def test_eval_of_a_run_writes_report_and_confusion(run_dir: Path, capsys: pytest
     assert (run_dir / "eval" / "confusion_digits_val.png").stat().st_size > 0
 
 
+def test_flip_tta_run_is_evaluated_with_it_unless_switched_off(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", *TINY, "--hflip", "0.5", "--flip-tta", "--output", str(tmp_path), "--name", "tta"]
+    assert main(args) == 0
+    run = tmp_path / "tta"
+    assert load_model(run / "model").config.extra["flip_tta"] is True
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    with_tta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", str(run), "--json", "--no-flip-tta"]) == 0
+    without = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert with_tta["flip_tta"] is True and without["flip_tta"] is False
+    final = json.loads((run / "final.json").read_text())["val"]
+    assert with_tta["loss"] == pytest.approx(final["loss"])  # training validated with the mirror images too
+    assert without["loss"] != pytest.approx(final["loss"])
+
+
 def test_eval_missing_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "no_such_run"
     assert main(["eval", str(missing)]) == 2
@@ -236,6 +252,29 @@ def test_predict_with_a_run_directory(run_dir: Path, tmp_path: Path, capsys: pyt
     assert main(["predict", str(run_dir), *map(str, images)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(str(p)) for line, p in zip(lines, images))
+
+
+def test_predict_averages_mirror_images_for_a_flip_tta_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = create_model("cct_2_3x2_32", num_classes=3, img_size=(16, 16), extra={"flip_tta": True})
+    save_model(model, tmp_path / "model")
+    [image] = write_images(tmp_path / "images", [(16, 16)])
+    probabilities = {}
+    for flag in ([], ["--no-flip-tta"]):
+        assert main(["predict", str(tmp_path / "model"), str(image), "--json", "--fp32", "--top-k", "3", *flag]) == 0
+        [line] = capsys.readouterr().out.strip().splitlines()
+        preds = json.loads(line)["predictions"]
+        probabilities[bool(flag)] = torch.tensor([p["probability"] for p in sorted(preds, key=lambda p: p["index"])])
+    pixels = torch.from_numpy(np.array(Image.open(image))).permute(2, 0, 1)[None].float() / 255
+    mean, std = torch.tensor(model.config.mean)[:, None, None], torch.tensor(model.config.std)[:, None, None]
+    x = (pixels - mean) / std
+    model.eval()
+    with torch.no_grad():
+        expected_tta = ((model(x) + model(x.flip(-1))) / 2).softmax(dim=1)[0]
+        expected_plain = model(x).softmax(dim=1)[0]
+    assert torch.allclose(probabilities[False], expected_tta, atol=1e-4)
+    assert torch.allclose(probabilities[True], expected_plain, atol=1e-4)
+    assert not torch.allclose(expected_tta, expected_plain, atol=1e-4)
 
 
 def test_predict_errors(labelled_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

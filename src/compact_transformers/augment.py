@@ -4,6 +4,7 @@ A training step takes a uint8 batch (B, C, H, W) that already lives on the train
 turns it into a normalized float batch, with fresh random parameters for every sample:
 
     RandomResizedCrop + horizontal flip  -> one separable resampling (two batched matmuls)
+    random translation (optional)         -> reflect padding + one gather of per-sample windows
     RandAugment "rand-m9-mstd0.5-inc1"  -> per-sample ops, grouped by op kind; every pointwise op
                                            is a per-sample 256-entry lookup table
     normalize, random erasing ("pixel")
@@ -97,6 +98,7 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.8, 1.0)  # random-resized-crop area fraction
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random-resized-crop aspect ratio w/h
     hflip: float = 0.5
+    translate: int = 0  # random shift of up to this many pixels per axis, reflect-padded
     randaugment: str | None = "rand-m9-mstd0.5-inc1"
     reprob: float = 0.0  # random erasing probability
     interpolation: str = "bilinear"  # "bilinear", "bicubic" or "nearest"
@@ -118,6 +120,8 @@ class AugmentConfig:
         for name in ("hflip", "reprob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not (isinstance(self.translate, int) and 0 <= self.translate < min(self.image_size)):
+            raise ValueError(f"translate must be whole pixels in [0, {min(self.image_size)}), got {self.translate!r}")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ValueError(f"interpolation must be 'bilinear', 'bicubic' or 'nearest', got {self.interpolation!r}")
         if self.randaugment is not None:
@@ -258,6 +262,18 @@ def _crop_resize_flip(
     x = torch.bmm(ry, x.view(batch, height, channels * width))  # (B, Ho, C*W)
     x = torch.bmm(x.view(batch, out_h * channels, width), rx.transpose(1, 2))  # (B, Ho*C, Wo)
     return x.view(batch, out_h, channels, out_w).permute(0, 2, 1, 3).contiguous()
+
+
+def _translate(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Shift each sample by its own (dy, dx) in [-max_shift, max_shift], filling with the reflected border."""
+    batch, channels, height, width = x.shape
+    offsets = torch.randint(0, 2 * max_shift + 1, (batch, 2)).to(x.device)
+    padded = F.pad(x, (max_shift,) * 4, mode="reflect")
+    rows = (offsets[:, 0:1] + torch.arange(height, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (offsets[:, 1:2] + torch.arange(width, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch_index = torch.arange(batch, device=x.device)[:, None, None, None]
+    channel_index = torch.arange(channels, device=x.device)[None, :, None, None]
+    return padded[batch_index, channel_index, rows, cols]
 
 
 # -----------------------------------------------------------------------------
@@ -434,7 +450,7 @@ def _box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class TrainAugment(torch.nn.Module):
     """uint8 (B, C, H, W) -> augmented, normalized float32 (B, C, *image_size), on the input's device.
 
-    Random-resized crop, horizontal flip, RandAugment, normalize and random erasing, with
+    Random-resized crop, horizontal flip, translation, RandAugment, normalize and random erasing, with
     independent parameters per sample. Mixup/Cutmix is separate (`MixupCutmix`), since it needs
     the labels.
     """
@@ -464,6 +480,8 @@ class TrainAugment(torch.nn.Module):
         flip = torch.rand(batch) < cfg.hflip
         x = _crop_resize_flip(images, boxes, flip, cfg.image_size, cfg.interpolation)
         x = x.clamp_(0, 255)  # bicubic overshoots
+        if cfg.translate > 0:
+            x = _translate(x, cfg.translate)
         if self.randaugment is not None and self.randaugment.num_ops > 0:
             x = torch.round_(x)  # RandAugment works on uint8 values, as PIL does
             for _ in range(self.randaugment.num_ops):

@@ -57,6 +57,7 @@ class Variant:
     recipe_optimizer: bool  # True: the fused AdamW of `cct train`; False: torch.optim.AdamW defaults
     description: str
     compile: bool = False
+    low_precision_weights: bool = False  # weights (and activations) in the run's precision, fp32 master copies
 
 
 VARIANTS: dict[str, Variant] = {
@@ -74,6 +75,9 @@ VARIANTS: dict[str, Variant] = {
         # two levers, and the fast path with SDPA in training as well
         Variant("amp-cl", "explicit", True, True, False, "mixed precision + channels-last"),
         Variant("fast-sdpa", "sdpa", True, True, True, "fast with SDPA in training too"),
+        Variant("lp-weights", "auto", True, True, True,
+                "fast with the model itself in bf16/fp16 (no autocast casts) and fp32 master weights",
+                low_precision_weights=True),
     )
 }
 
@@ -348,6 +352,11 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
     images = torch.randn(batch_size, spec.in_chans, *spec.img_size, device=device)  # NCHW, like the augment output
     labels = torch.randint(0, max(model.config.num_classes, 1), (batch_size,), device=device)
     dtype = amp_dtype if variant.amp else None
+    master = None
+    if variant.low_precision_weights and dtype is not None:
+        master = [p.detach().clone() for p in model.parameters()]  # fp32 copies the optimizer updates
+        model = model.to(dtype)
+        images, dtype = images.to(dtype), None  # the model runs in low precision, no autocast
     network = torch.compile(model) if variant.compile else model
 
     def forward() -> torch.Tensor:
@@ -366,6 +375,8 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     model.train()
     recipe = TrainConfig()
+    if master is not None:
+        return _master_weight_step(model, master, forward, labels, recipe.lr)
     if variant.recipe_optimizer:
         optimizer = build_optimizer(model, recipe)
     else:
@@ -378,6 +389,29 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+
+    return train_step
+
+
+def _master_weight_step(model: torch.nn.Module, master: list[torch.Tensor], forward: Callable[[], torch.Tensor],
+                        labels: torch.Tensor, lr: float) -> Callable[[], None]:
+    """A training step for a model held in bf16/fp16: gradients go to fp32 master copies, a fused AdamW
+    updates those, and the model gets their rounded values back (the classic mixed-precision scheme)."""
+    params = list(model.parameters())
+    for weights in master:
+        weights.requires_grad_(True)
+    optimizer = torch.optim.AdamW(master, lr=lr, fused=True)
+
+    def train_step() -> None:
+        loss = F.cross_entropy(forward().float(), labels)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        for weights, p in zip(master, params):
+            weights.grad = p.grad.float()
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_copy_(params, master)
 
     return train_step
 

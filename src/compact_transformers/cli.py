@@ -135,6 +135,11 @@ def _interpolation(config) -> str:
     return config.extra.get("interpolation", "bicubic")
 
 
+def _flip_tta(config, args: argparse.Namespace) -> bool:
+    """Mirror-image test-time augmentation as in the model's validation during training, unless --no-flip-tta."""
+    return bool(config.extra.get("flip_tta", False)) and not args.no_flip_tta
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .augment import AugmentConfig, EvalTransform
     from .data import load_dataset
@@ -160,13 +165,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = prepare_model(model, device)
     transform = EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
                                             randaugment=None, interpolation=_interpolation(config)))
+    flip_tta = _flip_tta(config, args)
     result = evaluate(model, split.images.to(device), split.labels.to(device), transform, data.num_classes,
-                      batch_size=args.batch_size, autocast=autocast_dtype(device, not args.fp32))
+                      batch_size=args.batch_size, autocast=autocast_dtype(device, not args.fp32), flip_tta=flip_tta)
     classes = config.extra.get("classes") or list(data.classes)
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path("eval"))
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "model": args.model, "dataset": data.name, "split": args.split, **result.summary(),
+        "model": args.model, "dataset": data.name, "split": args.split, "flip_tta": flip_tta, **result.summary(),
         "per_class": dict(zip(classes, result.per_class_accuracy())),
         "confusion": result.confusion.tolist(), "classes": classes,
     }  # fmt: skip
@@ -192,6 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .augment import AugmentConfig, EvalTransform
     from .data.images import IMAGE_EXTENSIONS, decode_image
+    from .training.metrics import tta_logits
     from .training.runtime import autocast_dtype, prepare_input, prepare_model, select_device, tune_cpu
 
     tune_cpu()
@@ -215,6 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
     mode = "L" if config.in_chans == 1 else "RGB"
     amp = autocast_dtype(device, not args.fp32)
+    flip_tta = _flip_tta(config, args)
     top_k = min(args.top_k, config.num_classes)
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
@@ -232,7 +240,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         batch = prepare_input(transform(torch.stack(images).to(device)))
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            probs = model(batch).float().softmax(dim=1)
+            probs = tta_logits(model, batch, flip_tta).softmax(dim=1)
         values, indices = probs.topk(top_k, dim=1)
         for path, row_values, row_indices in zip(readable, values.tolist(), indices.tolist()):
             preds = [{"label": classes[i], "index": i, "probability": round(p, 6)} for p, i in zip(row_values, row_indices)]
@@ -283,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=512)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--fp32", action="store_true", help="no mixed precision")
+    evaluate.add_argument("--no-flip-tta", action="store_true",
+                          help="no mirror-image test-time augmentation even if the model was validated with it")
     evaluate.add_argument("--output", help="folder for the report (default: RUN/eval)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
@@ -294,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=256)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--fp32", action="store_true")
+    predict.add_argument("--no-flip-tta", action="store_true",
+                         help="no mirror-image test-time augmentation even if the model was validated with it")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.set_defaults(func=cmd_predict)
 

@@ -105,3 +105,22 @@ def test_evaluate_end_to_end() -> None:
     assert result.count == 8 and result.top1 == 62.5
     assert result.per_class_accuracy() == [100.0, 40.0, 100.0, 100.0]
     assert result.confusion[1].tolist() == [1, 2, 1, 1]
+
+
+class LeftColumnLogits(nn.Module):
+    """Logits read from the left image column, so a mirror image gives different logits."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0, :, 0].float()
+
+
+def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror() -> None:
+    images = torch.randint(0, 255, (5, 1, 4, 3), dtype=torch.uint8)
+    model = LeftColumnLogits()
+    plain = predict_logits(model, images, nn.Identity(), batch_size=2)
+    mirrored = predict_logits(model, images.flip(-1), nn.Identity(), batch_size=2)
+    both = predict_logits(model, images, nn.Identity(), batch_size=2, flip_tta=True)
+    assert not torch.equal(plain, mirrored)
+    assert torch.allclose(both, (plain + mirrored) / 2)
+    # the averaged prediction no longer depends on which way round the image is
+    assert torch.allclose(predict_logits(model, images.flip(-1), nn.Identity(), flip_tta=True), both)

@@ -230,3 +230,11 @@ def test_precedence_recipe_then_yaml_then_cli(tmp_path):
     c = resolve_config(recipe="small", yaml_path=path, args=args)
     assert (c.epochs, c.warmup_epochs, c.cooldown_epochs) == (100, 7, 5)
     assert resolve_config() == TrainConfig()
+
+
+def test_flip_tta_only_for_models_trained_on_mirror_images():
+    assert TrainConfig(flip_tta=True, hflip=0.5).uses_flip_tta
+    assert not TrainConfig(flip_tta=True, hflip=0.0).uses_flip_tta
+    assert not TrainConfig(flip_tta=False, hflip=0.5).uses_flip_tta
+    with pytest.raises(ValueError, match="translate"):
+        TrainConfig(translate=-1)

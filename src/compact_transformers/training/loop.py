@@ -100,6 +100,15 @@ def load_training_data(config: TrainConfig) -> ImageDataset:
     return data
 
 
+def make_augment_config(config: TrainConfig, img_size: tuple[int, int], mean: tuple[float, ...],
+                        std: tuple[float, ...]) -> AugmentConfig:
+    """The augmentation settings of ``config`` for images of ``img_size`` normalised with mean/std."""
+    return AugmentConfig(
+        image_size=img_size, mean=mean, std=std, scale=config.scale, ratio=config.ratio, hflip=config.hflip,
+        translate=config.translate, randaugment=config.aa, reprob=config.reprob, interpolation=config.interpolation,
+    )  # fmt: skip
+
+
 def build_student(config: TrainConfig, data: ImageDataset, img_size: tuple[int, int]) -> nn.Module:
     mean = tuple(config.mean) if config.mean is not None else tuple(data.mean)
     std = tuple(config.std) if config.std is not None else tuple(data.std)
@@ -123,7 +132,7 @@ def build_student(config: TrainConfig, data: ImageDataset, img_size: tuple[int, 
         std=std,
         # what `cct eval` / `cct predict` need to see the data as validation did
         extra={"classes": list(data.classes), "dataset": data.name, "interpolation": config.interpolation,
-               "seed": config.seed, "val_fraction": config.val_fraction},
+               "seed": config.seed, "val_fraction": config.val_fraction, "flip_tta": config.uses_flip_tta},
         **regularisation,
     )
 
@@ -207,10 +216,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     torch.manual_seed(config.seed + info.rank)
     mean, std = model_config.mean, model_config.std
 
-    augment_config = AugmentConfig(
-        image_size=img_size, mean=mean, std=std, scale=config.scale, ratio=config.ratio, hflip=config.hflip,
-        randaugment=config.aa, reprob=config.reprob, interpolation=config.interpolation,
-    )  # fmt: skip
+    augment_config = make_augment_config(config, img_size, mean, std)
     train_transform = TrainAugment(augment_config)
     eval_transform = EvalTransform(augment_config)
     num_classes = data.num_classes
@@ -474,11 +480,7 @@ def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> float:
     img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = prepare_model(build_student(config.replace(pretrained=None), data, img_size), device)
-        transform = TrainAugment(AugmentConfig(
-            image_size=img_size, mean=model.config.mean, std=model.config.std, scale=config.scale,
-            ratio=config.ratio, hflip=config.hflip, randaugment=config.aa, reprob=config.reprob,
-            interpolation=config.interpolation,
-        ))  # fmt: skip
+        transform = TrainAugment(make_augment_config(config, img_size, model.config.mean, model.config.std))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
         amp_dtype = autocast_dtype(device, config.amp)
         batch = min(config.batch_size, len(data.train))
@@ -502,7 +504,8 @@ def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> float:
     step = min(times[2:])
     steps_per_epoch = max(1, len(data.train) // batch)
     eval_steps = math.ceil(len(data.val) / batch)
-    return steps_per_epoch * step + eval_steps * step / 3  # inference ~3x cheaper than a training step
+    eval_passes = 2 if config.uses_flip_tta else 1
+    return steps_per_epoch * step + eval_passes * eval_steps * step / 3  # inference ~3x cheaper than training
 
 
 def fit_schedule_to_time(config: TrainConfig, elapsed: float, epoch_seconds: float) -> dict | None:
@@ -523,7 +526,8 @@ def fit_schedule_to_time(config: TrainConfig, elapsed: float, epoch_seconds: flo
 def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: nn.Module,
               num_classes: int, amp_dtype: torch.dtype | None, info: DistInfo) -> EvalResult:
     shard = slice(info.rank, None, info.world_size)
-    logits = predict_logits(model, images[shard], transform, autocast=amp_dtype)
+    flip_tta = bool(model.config.extra.get("flip_tta", False))
+    logits = predict_logits(model, images[shard], transform, autocast=amp_dtype, flip_tta=flip_tta)
     counts = accuracy_counts(logits, labels[shard], num_classes)
     return result_from_counts(all_reduce_sum(counts, info))
 

@@ -34,19 +34,29 @@ def predict_logits(
     transform: nn.Module,
     batch_size: int = 512,
     autocast: torch.dtype | None = None,
+    flip_tta: bool = False,
 ) -> torch.Tensor:
-    """Logits (N, K) float32 for uint8 images (N, C, H, W) already on the model's device."""
+    """Logits (N, K) float32 for uint8 images (N, C, H, W) already on the model's device; with
+    ``flip_tta`` the mean of the logits of each image and its mirror image."""
     was_training = model.training
     model.eval()
     outputs = []
     try:
         for start in range(0, images.shape[0], batch_size):
             batch = prepare_input(transform(images[start : start + batch_size]))
-            with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
-                outputs.append(model(batch).float())
+            with torch.no_grad(), torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
+                outputs.append(tta_logits(model, batch, flip_tta))
     finally:
         model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def tta_logits(model: nn.Module, batch: torch.Tensor, flip_tta: bool) -> torch.Tensor:
+    """float32 logits of a prepared batch; with ``flip_tta`` averaged with those of the mirrored batch."""
+    logits = model(batch).float()
+    if flip_tta:
+        logits = (logits + model(batch.flip(-1)).float()) / 2
+    return logits
 
 
 def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
@@ -83,6 +93,7 @@ def evaluate(
     num_classes: int,
     batch_size: int = 512,
     autocast: torch.dtype | None = None,
+    flip_tta: bool = False,
 ) -> EvalResult:
-    logits = predict_logits(model, images, transform, batch_size=batch_size, autocast=autocast)
+    logits = predict_logits(model, images, transform, batch_size=batch_size, autocast=autocast, flip_tta=flip_tta)
     return result_from_counts(accuracy_counts(logits, labels.to(logits.device), num_classes))

@@ -77,6 +77,7 @@ class TrainConfig:
     scale: tuple[float, ...] = _f((0.8, 1.0), "random-resized-crop area range (two values)")
     ratio: tuple[float, ...] = _f((0.75, 1.3333333333333333), "random-resized-crop aspect ratio range (two values)")
     hflip: float = _f(0.5, "horizontal flip probability")
+    translate: int = _f(0, "random shift of up to this many pixels per axis, reflect-padded (0 = off)")
     interpolation: str = _f("bicubic", "resize interpolation: " + ", ".join(INTERPOLATIONS))
     # regularisation inside the model (none = the model's default)
     drop_path: float | None = _f(None, "stochastic depth rate (none = model default)")
@@ -84,6 +85,7 @@ class TrainConfig:
     attn_drop: float | None = _f(None, "attention dropout rate (none = model default)")
     # run
     amp: bool = _f(True, "mixed precision (bf16 on CPU, bf16/fp16 on GPU)")
+    flip_tta: bool = _f(False, "evaluate on each image and its mirror image, averaging the logits (only when hflip > 0)")
     model_ema: bool = _f(False, "keep an exponential moving average of the weights")
     model_ema_decay: float = _f(0.9998, "decay of the weight moving average")
     seed: int = _f(0, "random seed")
@@ -106,6 +108,11 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
         _validate(self)
+
+    @property
+    def uses_flip_tta(self) -> bool:
+        """Mirror-image test-time augmentation is used only for models trained on mirror images."""
+        return self.flip_tta and self.hflip > 0
 
     @property
     def scaled_lr(self) -> float:
@@ -225,7 +232,7 @@ def _validate(c: TrainConfig) -> None:
     )
     for name in ("epochs", "batch_size", "lr_base_batch", "eval_interval"):
         _check(getattr(c, name) >= 1, f"{name} must be >= 1, got {getattr(c, name)}")
-    for name in ("warmup_epochs", "cooldown_epochs", "mixup_off_epoch", "workers", "min_lr", "warmup_lr"):
+    for name in ("warmup_epochs", "cooldown_epochs", "mixup_off_epoch", "workers", "min_lr", "warmup_lr", "translate"):
         _check(getattr(c, name) >= 0, f"{name} must be >= 0, got {getattr(c, name)}")
     _check(c.lr > 0, f"lr must be > 0, got {c.lr}")
     _check(
@@ -271,7 +278,8 @@ def _validate(c: TrainConfig) -> None:
 _RECIPE_FIELDS = (
     "epochs", "batch_size", "lr", "lr_base_batch", "min_lr", "warmup_epochs", "warmup_lr", "cooldown_epochs",
     "sched", "opt", "betas", "eps", "weight_decay", "smoothing", "mixup", "cutmix", "mixup_prob",
-    "mixup_switch_prob", "mixup_off_epoch", "aa", "reprob", "scale", "ratio", "hflip", "interpolation", "amp",
+    "mixup_switch_prob", "mixup_off_epoch", "aa", "reprob", "scale", "ratio", "hflip", "translate", "interpolation", "amp",
+    "flip_tta",
 )  # fmt: skip
 _PAPER = {name: getattr(TrainConfig(), name) for name in _RECIPE_FIELDS}
 
