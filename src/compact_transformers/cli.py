@@ -64,7 +64,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.loop import estimate_epoch_seconds, fit_schedule_to_time, load_run_config, train
+    from .training.loop import (
+        estimate_epoch_seconds,
+        fit_schedule_to_time,
+        load_run_config,
+        plan_eval_interval,
+        train,
+    )
     from .training.recipe import RECIPES, TrainConfig, explicit_args, load_yaml_config, resolve_config
     from .training.runtime import tune_cpu
 
@@ -92,18 +98,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
         if config.time_limit is not None:
             # Plan the schedule (and, for the small recipe, the augmentation strength) for the budget.
-            epoch_seconds = estimate_epoch_seconds(config)
+            # Validation every k epochs, at most a few percent of the budget, unless an option fixed it.
+            estimate = estimate_epoch_seconds(config)
+            explicit = explicit_args(args)
+            in_file = load_yaml_config(args.config) if args.config else {}
+            if "eval_interval" not in explicit and "eval_interval" not in in_file:
+                args.eval_interval = plan_eval_interval(estimate)
+                config = config.replace(eval_interval=args.eval_interval)
+            epoch_seconds = estimate.per_epoch(config.eval_interval)
             fitted = fit_schedule_to_time(config, elapsed=epoch_seconds, epoch_seconds=epoch_seconds)
             if fitted is not None:
-                explicit = explicit_args(args)
                 args.epochs = fitted["epochs"]
                 config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
                 # the recipe scaled warmup/cooldown already unless a file or option fixed them
                 unscaled = {k: fitted[k] for k in ("warmup_epochs", "cooldown_epochs") if k not in explicit}
                 if config.warmup_epochs + config.cooldown_epochs > config.epochs:
                     config = config.replace(**unscaled)
-                logger.info("time limit %.1f min, ~%.1f s per epoch here: planned %d epochs",
-                            config.time_limit, epoch_seconds, config.epochs)
+            logger.info("time limit %.1f min, ~%.1f s per epoch here: planned %d epochs, validation every %d",
+                        config.time_limit, epoch_seconds, config.epochs, config.eval_interval)
         result = train(config)
     return 130 if result.interrupted else 0
 

@@ -268,6 +268,21 @@ def test_fit_schedule_to_time_shrinks_epochs_warmup_and_cooldown() -> None:
     assert loop.fit_schedule_to_time(config, elapsed=900.0, epoch_seconds=6.0)["epochs"] == 1  # over already
 
 
+def test_plan_eval_interval_keeps_validation_to_a_small_share() -> None:
+    assert loop.plan_eval_interval(loop.EpochEstimate(train_seconds=100.0, eval_seconds=2.0)) == 1
+    assert loop.plan_eval_interval(loop.EpochEstimate(train_seconds=100.0, eval_seconds=4.0)) == 1  # exactly 4%
+    assert loop.plan_eval_interval(loop.EpochEstimate(train_seconds=100.0, eval_seconds=11.0)) == 3
+    assert loop.EpochEstimate(100.0, 12.0).per_epoch(3) == pytest.approx(104.0)
+
+
+def test_time_limited_run_validates_first_every_kth_and_last_epoch(tmp_path: Path) -> None:
+    result = loop.train(tiny_config(tmp_path, "sparse", epochs=5, eval_interval=3, time_limit=100.0))
+    validated = [r["epoch"] for r in read_records(result.run_dir) if "val_top1" in r]
+    assert validated == [1, 3, 5]  # the first (to time validation for the plan), every 3rd, the last
+    plain = loop.train(tiny_config(tmp_path, "plain", epochs=5, eval_interval=3))
+    assert [r["epoch"] for r in read_records(plain.run_dir) if "val_top1" in r] == [3, 5]
+
+
 @pytest.mark.slow
 def test_cct2_reaches_90_percent_on_digits_with_the_default_settings(tmp_path: Path) -> None:
     from compact_transformers.cli import main

@@ -405,7 +405,10 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             stopped = _any_rank(stop.signal is not None or (
                 config.time_limit is not None and time.monotonic() - started > config.time_limit * 60
             ), device, info)  # fmt: skip
-            if (epoch + 1) % config.eval_interval == 0 or last_epoch or stopped:
+            # a time-limited run also validates after its first epoch, to time validation for the refit
+            first_of_timed = config.time_limit is not None and state is None and epoch == 0
+            eval_tick = time.perf_counter()
+            if (epoch + 1) % config.eval_interval == 0 or last_epoch or stopped or first_of_timed:
                 val = _evaluate(model, val_images, val_labels, eval_transform, num_classes, amp_dtype, info)
                 record.update({"val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5})
                 if ema is not None:
@@ -414,9 +417,10 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 if val.top1 > best_top1:
                     best_top1 = val.top1
                     checkpoint("best", epoch + 1, 0, None)
-            if config.time_limit is not None and state is None and epoch == 0 and not stopped:
+            if first_of_timed and not stopped:
                 steady = 2 * (train_end - half_tick) if half_tick is not None else seconds
-                epoch_estimate = steady + (time.perf_counter() - tick - seconds)  # + evaluation time
+                measured = EpochEstimate(steady, time.perf_counter() - eval_tick)
+                epoch_estimate = measured.per_epoch(config.eval_interval)
                 fitted = _from_rank0(fit_schedule_to_time(config, time.monotonic() - started, epoch_estimate), info)
                 if fitted is not None:
                     config, scaled = config.replace(**fitted), scaled.replace(**fitted)
@@ -471,10 +475,31 @@ def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: n
     return final
 
 
-def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> float:
-    """Seconds one epoch (training + validation) of ``config`` will take here, from the fastest of a few
-    timed steps on a throwaway copy of the model (other load only slows steps down, and the refit after
-    the first epoch shrinks an optimistic plan); the global RNG is left untouched."""
+@dataclass(frozen=True)
+class EpochEstimate:
+    """Seconds of one epoch's training steps and of one validation pass."""
+
+    train_seconds: float
+    eval_seconds: float
+
+    def per_epoch(self, eval_interval: int) -> float:
+        """Seconds per epoch on average when validation runs every ``eval_interval`` epochs."""
+        return self.train_seconds + self.eval_seconds / eval_interval
+
+
+# Time-limited runs validate every k epochs so that validation takes at most this share of the budget.
+EVAL_SHARE = 0.04
+
+
+def plan_eval_interval(estimate: EpochEstimate, share: float = EVAL_SHARE) -> int:
+    """The smallest k such that validating every k epochs costs at most ``share`` of the training time."""
+    return max(1, math.ceil(estimate.eval_seconds / (share * max(estimate.train_seconds, 1e-9)) - 1e-9))
+
+
+def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> EpochEstimate:
+    """Seconds one epoch of ``config`` (training, and a validation pass) will take here, from the fastest
+    of a few timed steps on a throwaway copy of the model (other load only slows steps down, and the refit
+    after the first epoch shrinks an optimistic plan); the global RNG is left untouched."""
     device = select_device(config.device)
     data = load_training_data(config)
     img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
@@ -505,7 +530,8 @@ def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> float:
     steps_per_epoch = max(1, len(data.train) // batch)
     eval_steps = math.ceil(len(data.val) / batch)
     eval_passes = 2 if config.uses_flip_tta else 1
-    return steps_per_epoch * step + eval_passes * eval_steps * step / 3  # inference ~3x cheaper than training
+    # an inference batch costs about a third of a training step
+    return EpochEstimate(steps_per_epoch * step, eval_passes * eval_steps * step / 3)
 
 
 def fit_schedule_to_time(config: TrainConfig, elapsed: float, epoch_seconds: float) -> dict | None:
