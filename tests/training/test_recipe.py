@@ -112,11 +112,13 @@ def test_small_recipe_scales_warmup_and_cooldown(epochs, warmup, cooldown):
 def test_small_recipe_scales_augmentation_with_epochs(epochs):
     c = apply_recipe(TrainConfig(), "small", epochs=epochs)
     paper = TrainConfig()
+    assert c.uses_flip_tta and not paper.uses_flip_tta
     if epochs < 25:  # brief: no RandAugment, mixing or dropout
         assert (c.aa, c.mixup, c.cutmix, c.drop_path, c.attn_drop) == (None, 0.0, 0.0, 0.0, 0.0)
         assert c.lr > paper.lr
-    elif epochs < 75:  # moderate: RandAugment m6, no mixing
-        assert c.aa == "rand-m6-mstd0.5-inc1" and (c.mixup, c.cutmix) == (0.0, 0.0) and c.drop_path == 0.1
+    elif epochs < 75:  # moderate: flips and shifts, stochastic depth, no RandAugment or mixing
+        assert c.aa is None and (c.mixup, c.cutmix) == (0.0, 0.0) and c.drop_path == 0.1 and c.translate == 2
+        assert c.scale == (1.0, 1.0)
     else:  # long: the paper's augmentation
         assert (c.aa, c.mixup, c.cutmix, c.mixup_prob, c.lr) == (paper.aa, paper.mixup, paper.cutmix, 1.0, paper.lr)
 
