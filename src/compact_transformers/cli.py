@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 logger = logging.getLogger("compact_transformers")
@@ -74,6 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.recipe import RECIPES, TrainConfig, explicit_args, load_yaml_config, resolve_config
     from .training.runtime import tune_cpu
 
+    budget_start = time.monotonic()  # --time-limit covers the planning below as well
     tune_cpu()
     if args.resume and (args.config or args.recipe != "auto"):
         raise CliError("--resume continues a run as it was configured: it takes no --config or --recipe")
@@ -86,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if refused:
             raise CliError(f"--resume continues a run as configured; these options cannot change: {refused}")
         config = config.replace(**changed)
-        result = train(config, run_dir=run_dir, resume=True)
+        result = train(config, run_dir=run_dir, resume=True, budget_start=budget_start)
     else:
         recipe = args.recipe
         if recipe == "auto":
@@ -116,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     config = config.replace(**unscaled)
             logger.info("time limit %.1f min, ~%.1f s per epoch here: planned %d epochs, validation every %d",
                         config.time_limit, epoch_seconds, config.epochs, config.eval_interval)
-        result = train(config)
+        result = train(config, budget_start=budget_start)
     return 130 if result.interrupted else 0
 
 

@@ -178,18 +178,23 @@ def new_run_dir(config: TrainConfig) -> Path:
 # --------------------------------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False) -> RunResult:
-    """Train ``config``; with ``resume`` continue the run in ``run_dir`` from its last checkpoint."""
+def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False,
+          budget_start: float | None = None) -> RunResult:
+    """Train ``config``; with ``resume`` continue the run in ``run_dir`` from its last checkpoint.
+
+    ``budget_start`` (a ``time.monotonic()`` value, default: now) is when ``config.time_limit`` began, so
+    that a caller's own set-up counts against the limit; the final evaluation is kept inside it too."""
+    budget_start = time.monotonic() if budget_start is None else budget_start
     device = select_device(config.device)
     info = setup_distributed(device)
     try:
-        return _train(config, device, info, run_dir, resume)
+        return _train(config, device, info, run_dir, resume, budget_start)
     finally:
         cleanup(info)
 
 
 def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: Path | None,
-           resume: bool) -> RunResult:
+           resume: bool, budget_start: float) -> RunResult:
     torch.manual_seed(config.seed)
     data = load_training_data(config)
     img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
@@ -320,7 +325,13 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             },
         )  # fmt: skip
 
-    started = time.monotonic()
+    started = budget_start
+    finish_reserve = 0.0  # seconds kept for the final evaluation and writing, once validation was timed
+
+    def over_time() -> bool:
+        return config.time_limit is not None and time.monotonic() - started > config.time_limit * 60 - finish_reserve
+
+    last_val: EvalResult | None = None  # the final model's validation, when its last epoch had one
     interrupted = False
     epoch = start_epoch
     with _StopFlag() as stop:
@@ -376,8 +387,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                         lr=f"{lr:.2e}", img_s=f"{seen / (time.perf_counter() - tick):.0f}",
                     )  # fmt: skip
                     progress.update(1)
-                over_time = config.time_limit is not None and time.monotonic() - started > config.time_limit * 60
-                if _any_rank(stop.signal is not None or over_time, device, info):
+                if _any_rank(stop.signal is not None or over_time(), device, info):
                     interrupted = _any_rank(stop.signal is not None, device, info)
                     if step + 1 < steps_per_epoch and interrupted:
                         checkpoint("last", epoch, step + 1, {k: v.cpu() for k, v in sums.items()})
@@ -402,14 +412,13 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 "img_per_s": sums["count"].item() / max(seconds, 1e-9), "epoch_seconds": seconds,
             }  # fmt: skip
             last_epoch = epoch + 1 == config.epochs
-            stopped = _any_rank(stop.signal is not None or (
-                config.time_limit is not None and time.monotonic() - started > config.time_limit * 60
-            ), device, info)  # fmt: skip
+            stopped = _any_rank(stop.signal is not None or over_time(), device, info)
             # a time-limited run also validates after its first epoch, to time validation for the refit
             first_of_timed = config.time_limit is not None and state is None and epoch == 0
             eval_tick = time.perf_counter()
+            last_val = None
             if (epoch + 1) % config.eval_interval == 0 or last_epoch or stopped or first_of_timed:
-                val = _evaluate(model, val_images, val_labels, eval_transform, num_classes, amp_dtype, info)
+                val = last_val = _evaluate(model, val_images, val_labels, eval_transform, num_classes, amp_dtype, info)
                 record.update({"val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5})
                 if ema is not None:
                     ema_val = _evaluate(ema, val_images, val_labels, eval_transform, num_classes, amp_dtype, info)
@@ -421,7 +430,11 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 steady = 2 * (train_end - half_tick) if half_tick is not None else seconds
                 measured = EpochEstimate(steady, time.perf_counter() - eval_tick)
                 epoch_estimate = measured.per_epoch(config.eval_interval)
-                fitted = _from_rank0(fit_schedule_to_time(config, time.monotonic() - started, epoch_estimate), info)
+                # the last epoch's validation is the final one; a test split and the files take a bit more
+                test_share = len(data.test) / max(len(data.val), 1) if data.test is not None else 0.0
+                finish_reserve = measured.eval_seconds * test_share + FINISH_SECONDS
+                elapsed = time.monotonic() - started + finish_reserve
+                fitted = _from_rank0(fit_schedule_to_time(config, elapsed, epoch_estimate), info)
                 if fitted is not None:
                     config, scaled = config.replace(**fitted), scaled.replace(**fitted)
                     schedule = LRSchedule.from_config(optimizer, scaled, steps_per_epoch=steps_per_epoch)
@@ -441,22 +454,29 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     if interrupted:
         logger.warning("interrupted after epoch %d: continue with `cct train --resume %s`", epochs_done, run_dir)
         return RunResult(run_dir, epochs_done, best_top1, interrupted=True)
-    final = finish_run(run_dir, model, data, eval_transform, amp_dtype, info, history)
+    final = finish_run(run_dir, model, data, eval_transform, amp_dtype, info, history, last_val)
     return RunResult(run_dir, epochs_done, best_top1, final=final)
 
 
 # ------------------------------------------------------------------------------------------ helpers
 
 
+# Seconds a time-limited run keeps for writing the final model, report and plots.
+FINISH_SECONDS = 5.0
+
+
 def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: nn.Module,
-               amp_dtype: torch.dtype | None, info: DistInfo, history: list[dict]) -> dict:
-    """Evaluate the final model on val (and test), write final.json, curves and confusion matrix."""
+               amp_dtype: torch.dtype | None, info: DistInfo, history: list[dict],
+               val_result: EvalResult | None = None) -> dict:
+    """Evaluate the final model on val (unless ``val_result`` is its validation already) and test, write
+    final.json, curves and confusion matrix."""
     final: dict = {"epochs": len(history)}
     device = next(model.parameters()).device
     splits = [("val", data.val)] + ([("test", data.test)] if data.test is not None else [])
     for name, split in splits:
-        result = _evaluate(model, split.images.to(device), split.labels.to(device), transform,
-                           data.num_classes, amp_dtype, info)
+        result = val_result if name == "val" and val_result is not None else _evaluate(
+            model, split.images.to(device), split.labels.to(device), transform, data.num_classes, amp_dtype, info
+        )
         final[name] = result.summary()
         final[f"{name}_per_class"] = dict(zip(data.classes, result.per_class_accuracy()))
         if info.is_main:
