@@ -98,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if recipe not in RECIPES:
             raise CliError(f"unknown recipe {recipe!r}; expected auto or one of: {', '.join(RECIPES)}")
         config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
+        max_epochs = None
         if config.time_limit is not None:
             # Plan the schedule (and, for the small recipe, the augmentation strength) for the budget.
             # Validation every k epochs, at most a few percent of the budget, unless an option fixed it.
@@ -110,6 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             epoch_seconds = estimate.per_epoch(config.eval_interval)
             fitted = fit_schedule_to_time(config, elapsed=epoch_seconds, epoch_seconds=epoch_seconds)
             if fitted is not None:
+                # planned from the budget: the refit after the first epoch may give back what the probe took
+                max_epochs = config.epochs
                 args.epochs = fitted["epochs"]
                 config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
                 # the recipe scaled warmup/cooldown already unless a file or option fixed them
@@ -118,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     config = config.replace(**unscaled)
             logger.info("time limit %.1f min, ~%.1f s per epoch here: planned %d epochs, validation every %d",
                         config.time_limit, epoch_seconds, config.epochs, config.eval_interval)
-        result = train(config, budget_start=budget_start)
+        result = train(config, budget_start=budget_start, max_epochs=max_epochs)
     return 130 if result.interrupted else 0
 
 

@@ -266,6 +266,14 @@ def test_fit_schedule_to_time_shrinks_epochs_warmup_and_cooldown() -> None:
     assert fitted == {"epochs": 97, "warmup_epochs": 3, "cooldown_epochs": 3}
     assert loop.fit_schedule_to_time(config, elapsed=1.0, epoch_seconds=0.01) is None  # 300 epochs fit
     assert loop.fit_schedule_to_time(config, elapsed=900.0, epoch_seconds=6.0)["epochs"] == 1  # over already
+    # epochs planned from the budget grow back when the first epoch was faster than the probe said, up to
+    # max_epochs; chosen epochs are only ever shrunk
+    planned = TrainConfig(epochs=40, warmup_epochs=2, cooldown_epochs=2, time_limit=10.0)
+    assert loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0) is None
+    grown = loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0, max_epochs=300)
+    assert grown == {"epochs": 97, "warmup_epochs": 2, "cooldown_epochs": 2}
+    assert loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0, max_epochs=60)["epochs"] == 60
+    assert loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0, max_epochs=40) is None
 
 
 def test_plan_eval_interval_keeps_validation_to_a_small_share() -> None:

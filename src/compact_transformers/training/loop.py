@@ -179,22 +179,24 @@ def new_run_dir(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False,
-          budget_start: float | None = None) -> RunResult:
+          budget_start: float | None = None, max_epochs: int | None = None) -> RunResult:
     """Train ``config``; with ``resume`` continue the run in ``run_dir`` from its last checkpoint.
 
     ``budget_start`` (a ``time.monotonic()`` value, default: now) is when ``config.time_limit`` began, so
-    that a caller's own set-up counts against the limit; the final evaluation is kept inside it too."""
+    that a caller's own set-up counts against the limit; the final evaluation is kept inside it too.
+    ``max_epochs``: ``config.epochs`` was planned from the time limit, and the refit after the first
+    epoch may raise it up to this many when epochs turn out faster than planned."""
     budget_start = time.monotonic() if budget_start is None else budget_start
     device = select_device(config.device)
     info = setup_distributed(device)
     try:
-        return _train(config, device, info, run_dir, resume, budget_start)
+        return _train(config, device, info, run_dir, resume, budget_start, max_epochs)
     finally:
         cleanup(info)
 
 
 def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: Path | None,
-           resume: bool, budget_start: float) -> RunResult:
+           resume: bool, budget_start: float, max_epochs: int | None) -> RunResult:
     torch.manual_seed(config.seed)
     data = load_training_data(config)
     img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
@@ -434,7 +436,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 test_share = len(data.test) / max(len(data.val), 1) if data.test is not None else 0.0
                 finish_reserve = measured.eval_seconds * test_share + FINISH_SECONDS
                 elapsed = time.monotonic() - started + finish_reserve
-                fitted = _from_rank0(fit_schedule_to_time(config, elapsed, epoch_estimate), info)
+                fitted = _from_rank0(fit_schedule_to_time(config, elapsed, epoch_estimate, max_epochs), info)
                 if fitted is not None:
                     config, scaled = config.replace(**fitted), scaled.replace(**fitted)
                     schedule = LRSchedule.from_config(optimizer, scaled, steps_per_epoch=steps_per_epoch)
@@ -554,13 +556,16 @@ def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> EpochE
     return EpochEstimate(steps_per_epoch * step, eval_passes * eval_steps * step / 3)
 
 
-def fit_schedule_to_time(config: TrainConfig, elapsed: float, epoch_seconds: float) -> dict | None:
+def fit_schedule_to_time(config: TrainConfig, elapsed: float, epoch_seconds: float,
+                         max_epochs: int | None = None) -> dict | None:
     """Shrink epochs (and warmup/cooldown proportionally) so the whole schedule fits ``time_limit``, after
-    the first epoch took ``elapsed`` seconds and later ones are expected to take ``epoch_seconds``; None
-    when the configured epochs already fit."""
+    the first epoch took ``elapsed`` seconds and later ones are expected to take ``epoch_seconds``; with
+    ``max_epochs`` (the epochs were planned from the budget, not chosen) also grow them, up to that many.
+    None when the configured epochs are already the ones that fit."""
     remaining = 0.98 * config.time_limit * 60 - elapsed
     fit = 1 + int(max(remaining, 0.0) // max(epoch_seconds, 1e-6))
-    if fit >= config.epochs:
+    fit = min(fit, max(max_epochs or 0, config.epochs))
+    if fit == config.epochs or (fit > config.epochs and max_epochs is None):
         return None
     epochs = max(1, fit)
     ratio = epochs / config.epochs
