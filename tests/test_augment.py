@@ -411,6 +411,6 @@ def test_translation_off_leaves_images_in_place_and_bad_values_raise():
     images = smooth_images(4, 3, 8, 8)
     plain = TrainAugment(config(size=(8, 8), scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, randaugment=None))(images)
     assert torch.allclose(plain, EvalTransform(config(size=(8, 8)))(images), atol=1e-4)
-    for bad in (-1, 8, 1.5):
+    for bad in (-1, 8, 1.5, True):
         with pytest.raises(ValueError, match="translate"):
             config(size=(8, 8), translate=bad)

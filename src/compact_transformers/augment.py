@@ -120,7 +120,9 @@ class AugmentConfig:
         for name in ("hflip", "reprob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        if not (isinstance(self.translate, int) and 0 <= self.translate < min(self.image_size)):
+        if isinstance(self.translate, bool) or not (
+            isinstance(self.translate, int) and 0 <= self.translate < min(self.image_size)
+        ):
             raise ValueError(f"translate must be whole pixels in [0, {min(self.image_size)}), got {self.translate!r}")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ValueError(f"interpolation must be 'bilinear', 'bicubic' or 'nearest', got {self.interpolation!r}")

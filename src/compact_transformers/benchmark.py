@@ -408,7 +408,7 @@ def _master_weight_step(model: torch.nn.Module, master: list[torch.Tensor], forw
             p.grad = None
         loss.backward()
         for weights, p in zip(master, params):
-            weights.grad = p.grad.float()
+            weights.grad = None if p.grad is None else p.grad.float()
         optimizer.step()
         with torch.no_grad():
             torch._foreach_copy_(params, master)

@@ -154,7 +154,7 @@ def _interpolation(config) -> str:
 
 def _flip_tta(config, args: argparse.Namespace) -> bool:
     """Mirror-image test-time augmentation as in the model's validation during training, unless --no-flip-tta."""
-    return bool(config.extra.get("flip_tta", False)) and not args.no_flip_tta
+    return bool(config.extra.get("flip_tta", False)) and not getattr(args, "no_flip_tta", False)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

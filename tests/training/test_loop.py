@@ -276,6 +276,14 @@ def test_fit_schedule_to_time_shrinks_epochs_warmup_and_cooldown() -> None:
     assert loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0, max_epochs=40) is None
 
 
+def test_time_limited_run_grows_planned_epochs_only_up_to_max_epochs(tmp_path: Path) -> None:
+    # tiny epochs take well under a second: a 100-minute budget fits many more than were planned
+    grown = loop.train(tiny_config(tmp_path, "grown", epochs=2, time_limit=100.0), max_epochs=4)
+    assert grown.epochs_done == 4 and read_records(grown.run_dir)[-1]["epoch"] == 4
+    chosen = loop.train(tiny_config(tmp_path, "chosen", epochs=2, time_limit=100.0))
+    assert chosen.epochs_done == 2
+
+
 def test_plan_eval_interval_keeps_validation_to_a_small_share() -> None:
     assert loop.plan_eval_interval(loop.EpochEstimate(train_seconds=100.0, eval_seconds=2.0)) == 1
     assert loop.plan_eval_interval(loop.EpochEstimate(train_seconds=100.0, eval_seconds=4.0)) == 1  # exactly 4%

@@ -197,6 +197,11 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
 
 def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: Path | None,
            resume: bool, budget_start: float, max_epochs: int | None) -> RunResult:
+    if info.enabled:  # each rank planned a time-limited schedule from its own probe: all follow rank 0's
+        plan = {name: getattr(config, name) for name in ("epochs", "warmup_epochs", "cooldown_epochs", "eval_interval")}
+        plan = _from_rank0({**plan, "max_epochs": max_epochs}, info)
+        max_epochs = plan.pop("max_epochs")
+        config = config.replace(**plan)
     torch.manual_seed(config.seed)
     data = load_training_data(config)
     img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
@@ -322,13 +327,14 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rngs, "epoch": epoch, "step_in_epoch": step_in_epoch,
                 "best_top1": best_top1, "partial": partial_sums, "world_size": info.world_size,
-                "fitted_schedule": fitted,
+                "fitted_schedule": fitted, "finish_reserve": finish_reserve,
                 **({"ema": ema.state_dict()} if ema is not None else {}),
             },
         )  # fmt: skip
 
     started = budget_start
-    finish_reserve = 0.0  # seconds kept for the final evaluation and writing, once validation was timed
+    # seconds kept for the final validation, test and writing, once validation was timed after epoch 1
+    finish_reserve = state.get("finish_reserve", 0.0) if state is not None else 0.0
 
     def over_time() -> bool:
         return config.time_limit is not None and time.monotonic() - started > config.time_limit * 60 - finish_reserve
@@ -432,9 +438,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 steady = 2 * (train_end - half_tick) if half_tick is not None else seconds
                 measured = EpochEstimate(steady, time.perf_counter() - eval_tick)
                 epoch_estimate = measured.per_epoch(config.eval_interval)
-                # the last epoch's validation is the final one; a test split and the files take a bit more
+                # a stop for time is followed by a validation, then the test split and the files
                 test_share = len(data.test) / max(len(data.val), 1) if data.test is not None else 0.0
-                finish_reserve = measured.eval_seconds * test_share + FINISH_SECONDS
+                finish_reserve = measured.eval_seconds * (1 + test_share) + FINISH_SECONDS
                 elapsed = time.monotonic() - started + finish_reserve
                 fitted = _from_rank0(fit_schedule_to_time(config, elapsed, epoch_estimate, max_epochs), info)
                 if fitted is not None:
