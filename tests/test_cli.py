@@ -93,6 +93,19 @@ def test_train_unknown_option_value_is_an_error(tmp_path: Path, capsys: pytest.C
     assert "--epochs" in capsys.readouterr().err
 
 
+def test_time_limited_train_plans_once_on_data_loaded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from compact_transformers.training import loop
+
+    loads = []
+    real = loop.load_training_data
+    monkeypatch.setattr(loop, "load_training_data", lambda config: loads.append(config) or real(config))
+    assert main(["train", *TINY, "--time-limit", "5", "--output", str(tmp_path), "--name", "timed"]) == 0
+    assert len(loads) == 1  # the probe and the run share the data
+    saved = yaml.safe_load((tmp_path / "timed" / "config.yaml").read_text())
+    assert saved["time_limit"] == 5.0 and saved["eval_interval"] >= 1
+    assert json.loads((tmp_path / "timed" / "final.json").read_text())["epochs"] >= 1
+
+
 def test_resume_refuses_to_change_the_recipe(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
     before = (run_dir / "checkpoints" / "last" / "state.pt").read_bytes()
     assert main(["train", "--resume", str(run_dir), "--lr", "0.1"]) == 2

@@ -69,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         estimate_epoch_seconds,
         fit_schedule_to_time,
         load_run_config,
+        load_training_data,
         plan_eval_interval,
         train,
     )
@@ -91,20 +92,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(config, run_dir=run_dir, resume=True, budget_start=budget_start)
     else:
         recipe = args.recipe
+        in_file = load_yaml_config(args.config) if args.config else {}
+        explicit = explicit_args(args)
         if recipe == "auto":
-            given = {**(load_yaml_config(args.config) if args.config else {}), **explicit_args(args)}
+            given = {**in_file, **explicit}
             dataset_given = given.get("dataset") or given.get("data")
             recipe = "digits" if not dataset_given or given.get("dataset") == "digits" else "small"
         if recipe not in RECIPES:
             raise CliError(f"unknown recipe {recipe!r}; expected auto or one of: {', '.join(RECIPES)}")
         config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
-        max_epochs = None
+        max_epochs, data = None, None
         if config.time_limit is not None:
             # Plan the schedule (and, for the small recipe, the augmentation strength) for the budget.
             # Validation every k epochs, at most a few percent of the budget, unless an option fixed it.
-            estimate = estimate_epoch_seconds(config)
-            explicit = explicit_args(args)
-            in_file = load_yaml_config(args.config) if args.config else {}
+            data = load_training_data(config)  # once: the probe and the run use the same data
+            estimate = estimate_epoch_seconds(config, data)
             if "eval_interval" not in explicit and "eval_interval" not in in_file:
                 args.eval_interval = plan_eval_interval(estimate)
                 config = config.replace(eval_interval=args.eval_interval)
@@ -121,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     config = config.replace(**unscaled)
             logger.info("time limit %.1f min, ~%.1f s per epoch here: planned %d epochs, validation every %d",
                         config.time_limit, epoch_seconds, config.epochs, config.eval_interval)
-        result = train(config, budget_start=budget_start, max_epochs=max_epochs)
+        result = train(config, budget_start=budget_start, max_epochs=max_epochs, data=data)
     return 130 if result.interrupted else 0
 
 
@@ -152,13 +154,20 @@ def _interpolation(config) -> str:
     return config.extra.get("interpolation", "bicubic")
 
 
+def _eval_transform(config):
+    """The evaluation transform the model was validated with during training."""
+    from .augment import AugmentConfig, EvalTransform
+
+    return EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
+                                       randaugment=None, interpolation=_interpolation(config)))
+
+
 def _flip_tta(config, args: argparse.Namespace) -> bool:
     """Mirror-image test-time augmentation as in the model's validation during training, unless --no-flip-tta."""
     return bool(config.extra.get("flip_tta", False)) and not getattr(args, "no_flip_tta", False)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .augment import AugmentConfig, EvalTransform
     from .data import load_dataset
     from .training.metrics import evaluate
     from .training.plots import plot_confusion
@@ -180,8 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"the model has {config.num_classes} classes, the dataset {data.name} {data.num_classes}")
     device = select_device(args.device)
     model = prepare_model(model, device)
-    transform = EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
-                                            randaugment=None, interpolation=_interpolation(config)))
+    transform = _eval_transform(config)
     flip_tta = _flip_tta(config, args)
     result = evaluate(model, split.images.to(device), split.labels.to(device), transform, data.num_classes,
                       batch_size=args.batch_size, autocast=autocast_dtype(device, not args.fp32), flip_tta=flip_tta)
@@ -213,7 +221,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .augment import AugmentConfig, EvalTransform
     from .data.images import IMAGE_EXTENSIONS, decode_image
     from .training.metrics import tta_logits
     from .training.runtime import autocast_dtype, prepare_input, prepare_model, select_device, tune_cpu
@@ -234,8 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CliError(f"no images found in {' '.join(args.inputs)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     device = select_device(args.device)
     model = prepare_model(model, device).eval()
-    transform = EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
-                                            randaugment=None, interpolation=_interpolation(config)))
+    transform = _eval_transform(config)
     classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
     mode = "L" if config.in_chans == 1 else "RGB"
     amp = autocast_dtype(device, not args.fp32)

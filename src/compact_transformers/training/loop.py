@@ -100,6 +100,11 @@ def load_training_data(config: TrainConfig) -> ImageDataset:
     return data
 
 
+def input_size(config: TrainConfig, data: ImageDataset) -> tuple[int, int]:
+    """(height, width) the model sees: ``config.img_size`` if given, else the dataset's own."""
+    return to_pair(config.img_size) if config.img_size is not None else data.image_size
+
+
 def make_augment_config(config: TrainConfig, img_size: tuple[int, int], mean: tuple[float, ...],
                         std: tuple[float, ...]) -> AugmentConfig:
     """The augmentation settings of ``config`` for images of ``img_size`` normalised with mean/std."""
@@ -179,32 +184,34 @@ def new_run_dir(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False,
-          budget_start: float | None = None, max_epochs: int | None = None) -> RunResult:
+          budget_start: float | None = None, max_epochs: int | None = None,
+          data: ImageDataset | None = None) -> RunResult:
     """Train ``config``; with ``resume`` continue the run in ``run_dir`` from its last checkpoint.
 
     ``budget_start`` (a ``time.monotonic()`` value, default: now) is when ``config.time_limit`` began, so
     that a caller's own set-up counts against the limit; the final evaluation is kept inside it too.
     ``max_epochs``: ``config.epochs`` was planned from the time limit, and the refit after the first
-    epoch may raise it up to this many when epochs turn out faster than planned."""
+    epoch may raise it up to this many when epochs turn out faster than planned. ``data``: the dataset
+    already loaded for ``config`` by :func:`load_training_data` (loaded here when None)."""
     budget_start = time.monotonic() if budget_start is None else budget_start
     device = select_device(config.device)
     info = setup_distributed(device)
     try:
-        return _train(config, device, info, run_dir, resume, budget_start, max_epochs)
+        return _train(config, device, info, run_dir, resume, budget_start, max_epochs, data)
     finally:
         cleanup(info)
 
 
 def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: Path | None,
-           resume: bool, budget_start: float, max_epochs: int | None) -> RunResult:
+           resume: bool, budget_start: float, max_epochs: int | None, data: ImageDataset | None) -> RunResult:
     if info.enabled:  # each rank planned a time-limited schedule from its own probe: all follow rank 0's
         plan = {name: getattr(config, name) for name in ("epochs", "warmup_epochs", "cooldown_epochs", "eval_interval")}
         plan = _from_rank0({**plan, "max_epochs": max_epochs}, info)
         max_epochs = plan.pop("max_epochs")
         config = config.replace(**plan)
     torch.manual_seed(config.seed)
-    data = load_training_data(config)
-    img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
+    data = load_training_data(config) if data is None else data
+    img_size = input_size(config, data)
     if resume:
         last = checkpoint_dir(run_dir)
         state = load_state(last)
@@ -524,13 +531,13 @@ def plan_eval_interval(estimate: EpochEstimate, share: float = EVAL_SHARE) -> in
     return max(1, math.ceil(estimate.eval_seconds / (share * max(estimate.train_seconds, 1e-9)) - 1e-9))
 
 
-def estimate_epoch_seconds(config: TrainConfig, probe_steps: int = 10) -> EpochEstimate:
+def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset, probe_steps: int = 10) -> EpochEstimate:
     """Seconds one epoch of ``config`` (training, and a validation pass) will take here, from the fastest
     of a few timed steps on a throwaway copy of the model (other load only slows steps down, and the refit
-    after the first epoch shrinks an optimistic plan); the global RNG is left untouched."""
+    after the first epoch shrinks an optimistic plan); ``data`` is :func:`load_training_data`'s for
+    ``config``. The global RNG is left untouched."""
     device = select_device(config.device)
-    data = load_training_data(config)
-    img_size = to_pair(config.img_size) if config.img_size is not None else data.image_size
+    img_size = input_size(config, data)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = prepare_model(build_student(config.replace(pretrained=None), data, img_size), device)
         transform = TrainAugment(make_augment_config(config, img_size, model.config.mean, model.config.std))
