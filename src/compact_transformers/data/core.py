@@ -12,12 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..errors import DatasetError
+
 if TYPE_CHECKING:
     from compact_transformers.data.images import FolderStream
-
-
-class DatasetError(ValueError):
-    """A dataset is missing, incomplete or corrupt (the message names the file and where it was expected)."""
 
 
 def _describe(t: torch.Tensor | None) -> str:

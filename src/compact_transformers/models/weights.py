@@ -23,6 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import CheckpointError
+from ..fileio import atomic_write
 from .layers import resize_positional_embedding, sinusoidal_table
 from .presets import build_model, get_preset
 from .text import TextCompactTransformer, TextConfig
@@ -35,10 +37,6 @@ CONFIG_FILE = "config.json"
 _CONFIG_METADATA_KEY = "compact_transformers.config"
 PE_KEY = "classifier.positional_emb"
 HEAD_KEYS = ("classifier.fc.weight", "classifier.fc.bias")
-
-
-class CheckpointError(ValueError):
-    """A weight file that cannot be used: missing, corrupt, unsafe, or not matching the model."""
 
 
 def cache_dir() -> Path:
@@ -59,19 +57,6 @@ def config_from_dict(data: dict) -> VisionConfig | TextConfig:
     data = dict(data)
     kind = data.pop("kind", "vision")
     return TextConfig.from_dict(data) if kind == "text" else VisionConfig.from_dict(data)
-
-
-def atomic_write(path: Path, write: callable) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
