@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import urllib.request
 import warnings
 import zipfile
