@@ -11,7 +11,6 @@ import torch
 from compact_transformers.benchmark import (
     VARIANTS,
     BenchConfig,
-    _master_weight_step,
     add_bench_arguments,
     bench_scaling,
     bench_time_to_accuracy,
@@ -106,8 +105,8 @@ def test_first_reaching_picks_first_epoch_over_target():
 
 
 def test_time_to_accuracy_on_digits(tmp_path, one_thread):
-    config = BenchConfig(time_to_accuracy=1.0, tta_dataset="digits", tta_epochs=1, tta_samples_per_class=10,
-                         tta_output=str(tmp_path), device="cpu")  # fmt: skip
+    config = BenchConfig(time_to_accuracy=1.0, accuracy_dataset="digits", accuracy_epochs=1,
+                         accuracy_samples_per_class=10, accuracy_output=str(tmp_path), device="cpu")  # fmt: skip
     result = bench_time_to_accuracy(config, torch.device("cpu"), quiet=True)
     assert result["reached"] and result["epoch"] == 1
     assert 0 < result["seconds"] <= result["total_seconds"]
@@ -132,25 +131,25 @@ def test_bad_input_is_reported():
 
 
 def test_low_precision_weights_step_updates_fp32_masters_and_rounds_them_into_the_model():
+    from compact_transformers.training.optim import MasterWeightOptimizer
+    from compact_transformers.training.recipe import TrainConfig
+
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 3)
-    master = [p.detach().clone() for p in model.parameters()]
-    start = [m.clone() for m in master]
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = MasterWeightOptimizer(model, TrainConfig(lr=1e-2, lr_base_batch=128, batch_size=128))
     model = model.to(torch.bfloat16)
     inputs, labels = torch.randn(16, 8, dtype=torch.bfloat16), torch.randint(0, 3, (16,))
     losses = []
-
-    def forward() -> torch.Tensor:
-        out = model(inputs)
-        losses.append(torch.nn.functional.cross_entropy(out.float(), labels).item())
-        return out
-
-    step = _master_weight_step(model, master, forward, labels, lr=1e-2)
     for _ in range(20):
-        step()
-    assert all(m.dtype == torch.float32 for m in master)
-    assert all(not torch.equal(m, s) for m, s in zip(master, start))  # the fp32 copies learned
-    for m, p in zip(master, model.parameters()):
+        loss = torch.nn.functional.cross_entropy(model(inputs).float(), labels)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(m.dtype == torch.float32 for m in optimizer.masters)
+    assert all(not torch.equal(m, s) for m, s in zip(optimizer.masters, start))  # the fp32 copies learned
+    for m, p in zip(optimizer.masters, model.parameters()):
         assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), m.detach().to(torch.bfloat16))
     assert losses[-1] < losses[0]
 

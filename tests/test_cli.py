@@ -94,11 +94,13 @@ def test_train_unknown_option_value_is_an_error(tmp_path: Path, capsys: pytest.C
 
 
 def test_time_limited_train_plans_once_on_data_loaded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compact_transformers.training import loop
+    from compact_transformers.training import build, loop
 
     loads = []
-    real = loop.load_training_data
-    monkeypatch.setattr(loop, "load_training_data", lambda config: loads.append(config) or real(config))
+    real = build.load_training_data
+    counting = lambda config: loads.append(config) or real(config)  # noqa: E731
+    monkeypatch.setattr(build, "load_training_data", counting)
+    monkeypatch.setattr(loop, "load_training_data", counting)
     assert main(["train", *TINY, "--time-limit", "5", "--output", str(tmp_path), "--name", "timed"]) == 0
     assert len(loads) == 1  # the probe and the run share the data
     saved = yaml.safe_load((tmp_path / "timed" / "config.yaml").read_text())
@@ -339,4 +341,4 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture) -> None:
 def test_checkpoint_state_of_the_cli_run(run_dir: Path) -> None:
     state = load_state(run_dir / "checkpoints" / "last")
     assert state["epoch"] == 1 and state["world_size"] == 1
-    assert torch.is_tensor(state["rng"]["torch"])
+    assert torch.is_tensor(state["rng"][0]["torch"])  # one RNG state per process

@@ -28,12 +28,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+
+from .errors import ConfigError
 
 SCHEMA = "cct-bench/1"
 DEFAULT_MODELS = ("cct_2_3x2_32:28x28x1", "cct_7_3x2_32:32x32x3", "cct_7_3x1_32:32x32x3")
@@ -65,7 +66,8 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("baseline", "explicit", False, False, False, "paper's reference form: fp32, NCHW, explicit attention"),
         Variant("fast", "auto", True, True, True,
-                "what `cct train` runs: autocast, channels-last, auto attention, fused AdamW"),
+                "the step `cct train` runs (training.step.train_step) as it runs it: autocast, channels-last, "
+                "auto attention, fused AdamW"),
         # one lever at a time on top of the baseline
         Variant("fp32-cl", "explicit", True, False, False, "baseline + channels-last"),
         Variant("amp-nchw", "explicit", False, True, False, "baseline + mixed precision"),
@@ -86,7 +88,7 @@ def resolve_variant(name: str) -> Variant:
     """A registered variant; the suffix ``+compile`` wraps it in torch.compile."""
     base, compiled = (name[: -len("+compile")], True) if name.endswith("+compile") else (name, False)
     if base not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)} (optionally +compile)")
+        raise ConfigError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)} (optionally +compile)")
     variant = VARIANTS[base]
     return replace(variant, name=name, compile=True) if compiled else variant
 
@@ -114,80 +116,89 @@ def parse_model_spec(text: str) -> ModelSpec:
     name, _, shape = text.partition(":")
     preset = get_preset(name)
     if preset.kind != "vision":
-        raise ValueError(f"bench measures vision models; {name!r} is a {preset.kind} model")
+        raise ConfigError(f"bench measures vision models; {name!r} is a {preset.kind} model")
     if not shape:
         config = preset.build_config()
         return ModelSpec(preset.name, tuple(config.img_size), config.in_chans)
     parts = shape.lower().split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(
+        raise ConfigError(
             f"model spec {text!r}: expected NAME or NAME:HxWxC with positive integers, e.g. cct_2_3x2_32:28x28x1"
         )
     height, width, chans = (int(p) for p in parts)
     return ModelSpec(preset.name, (height, width), chans)
 
 
+def _option(default: object, help: str) -> object:
+    """A BenchConfig field with its ``cct bench`` help text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class BenchConfig:
-    """Every setting of a benchmark run; the defaults finish in a few minutes on a 2-core CPU."""
+    """Every setting of a benchmark run; the defaults finish in a few minutes on a 2-core CPU. Each field is
+    a ``cct bench`` option (``--batch-sizes 64,128``; lists are comma-separated)."""
 
-    models: tuple[str, ...] = DEFAULT_MODELS
-    batch_sizes: tuple[int, ...] = (128,)
-    variants: tuple[str, ...] = ("baseline", "fast")
-    modes: tuple[str, ...] = MODES
-    precision: str = "auto"  # of the variants with amp=True; auto = what `cct train` uses on the device
-    compile: bool = False  # add a "+compile" copy of every variant but the baseline
-    device: str = "auto"
-    threads: int | None = None
-    warmup: int = 3  # untimed steps per variant; the second one measures peak memory
-    repeats: int = 5
-    steps: int | None = None  # steps per timed repeat (None: 1 on CPU, 10 on CUDA)
-    peak_sizes: tuple[int, ...] | None = None  # matmul sizes for the peak (None: 512..2048 CPU, 2048..8192 CUDA)
-    seed: int = 0
+    models: tuple[str, ...] = _option(DEFAULT_MODELS, "NAME or NAME:HxWxC, e.g. cct_2_3x2_32:28x28x1")
+    batch_sizes: tuple[int, ...] = _option((128,), "batch sizes")
+    variants: tuple[str, ...] = _option(("baseline", "fast"), "speed levers, 'all' for every one, suffix "
+                                        "+compile to compile one: " + ", ".join(VARIANTS))
+    modes: tuple[str, ...] = _option(MODES, "train, infer or both")
+    precision: str = _option("auto", "dtype of the mixed-precision variants (auto: what cct train uses here): "
+                             + ", ".join(PRECISIONS))
+    compile: bool = _option(False, "add a torch.compile'd copy of every variant but the baseline")
+    device: str = _option("auto", "auto, cpu, cuda, cuda:N")
+    threads: int | None = _option(None, "CPU threads (none: torch's default)")
+    warmup: int = _option(3, "untimed steps per variant; the second one measures peak memory")
+    repeats: int = _option(5, "timed repeats per variant")
+    steps: int | None = _option(None, "steps per timed repeat (none: 1 on CPU, 10 on CUDA)")
+    peak_sizes: tuple[int, ...] | None = _option(None, "matmul sizes for the peak TFLOP/s (none: 512..2048 on "
+                                                 "CPU, 2048..8192 on CUDA)")
+    seed: int = _option(0, "random seed of the models and batches")
     # scaling: step time vs tokens and vs batch size, eval memory of SDPA vs explicit attention
-    scaling: bool = False
-    scaling_model: str = "cct_2_3x2_32"
-    scaling_sizes: tuple[int, ...] = (16, 32, 64)
-    scaling_batches: tuple[int, ...] = (32, 64, 128, 256, 512)
+    scaling: bool = _option(False, "also step time vs tokens and vs batch size, and attention memory")
+    scaling_model: str = _option("cct_2_3x2_32", "model of the scaling measurements")
+    scaling_sizes: tuple[int, ...] = _option((16, 32, 64), "input sizes in pixels for the scaling")
+    scaling_batches: tuple[int, ...] = _option((32, 64, 128, 256, 512), "batch sizes for the scaling")
     # time to accuracy: a short training run
-    time_to_accuracy: float | None = None  # target val top-1 (%)
-    tta_model: str = "cct_2_3x2_32"
-    tta_dataset: str = "fashion_mnist"
-    tta_data: str | None = None
-    tta_epochs: int = 5
-    tta_samples_per_class: int | None = None
-    tta_output: str | None = None  # keep the run directory here (default: a temporary one)
+    time_to_accuracy: float | None = _option(None, "also train a model and report the time to this val top-1 (%%)")
+    accuracy_model: str = _option("cct_2_3x2_32", "model of the time-to-accuracy run")
+    accuracy_dataset: str = _option("fashion_mnist", "dataset of the time-to-accuracy run")
+    accuracy_data: str | None = _option(None, "its folder (none: the dataset's default location)")
+    accuracy_epochs: int = _option(5, "length of the time-to-accuracy run in epochs")
+    accuracy_samples_per_class: int | None = _option(None, "train it on this many images per class")
+    accuracy_output: str | None = _option(None, "keep its run directory in this folder")
 
     def __post_init__(self) -> None:
         for name in ("batch_sizes", "scaling_sizes", "scaling_batches"):
             values = getattr(self, name)
             if not values or any(int(v) < 1 for v in values):
-                raise ValueError(f"{name} must be positive integers, got {list(values)}")
+                raise ConfigError(f"{name} must be positive integers, got {list(values)}")
         if self.peak_sizes is not None and (not self.peak_sizes or any(int(v) < 1 for v in self.peak_sizes)):
-            raise ValueError(f"peak_sizes must be positive integers, got {list(self.peak_sizes)}")
+            raise ConfigError(f"peak_sizes must be positive integers, got {list(self.peak_sizes)}")
         if not self.models:
-            raise ValueError("models: give at least one model")
+            raise ConfigError("models: give at least one model")
         if not self.variants:
-            raise ValueError("variants: give at least one variant")
+            raise ConfigError("variants: give at least one variant")
         for variant in self.variants:
             resolve_variant(variant)
         bad_modes = sorted(set(self.modes) - set(MODES))
         if bad_modes or not self.modes:
-            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(self.modes)}")
+            raise ConfigError(f"modes must be a non-empty subset of {MODES}, got {list(self.modes)}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.warmup < 1:
-            raise ValueError(f"warmup must be >= 1 (a warm-up step measures memory), got {self.warmup}")
+            raise ConfigError(f"warmup must be >= 1 (a warm-up step measures memory), got {self.warmup}")
         if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+            raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.time_to_accuracy is not None and not 0 < self.time_to_accuracy <= 100:
-            raise ValueError(f"time_to_accuracy is a val top-1 in percent (0, 100], got {self.time_to_accuracy}")
-        if self.tta_epochs < 1:
-            raise ValueError(f"tta_epochs must be >= 1, got {self.tta_epochs}")
+            raise ConfigError(f"time_to_accuracy is a val top-1 in percent (0, 100], got {self.time_to_accuracy}")
+        if self.accuracy_epochs < 1:
+            raise ConfigError(f"accuracy_epochs must be >= 1, got {self.accuracy_epochs}")
 
     def variant_list(self) -> list[Variant]:
         """The variants to run: the requested ones, then their compiled copies with ``compile``."""
@@ -340,80 +351,59 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, device: torch.device,
                amp_dtype: torch.dtype | None, seed: int = 0) -> Callable[[], None]:
     """A function that runs one training step (``mode="train"``) or one eval forward (``"infer"``) of
-    ``spec`` under ``variant`` on a fixed random batch."""
+    ``spec`` under ``variant`` on a fixed random batch.
+
+    Training is THE step of `cct train` (`training.step.train_step`) with the paper's recipe: on-device
+    augmentation of uint8 images (RandAugment, crops, flips), Mixup/CutMix, label smoothing, AdamW and the
+    learning-rate schedule; the variant sets precision, memory layout, attention and optimizer kernel."""
+    from .augment import TrainAugment
     from .models import create_model
-    from .training.optim import build_optimizer
+    from .training.build import make_augment_config
+    from .training.optim import MasterWeightOptimizer
     from .training.recipe import TrainConfig
     from .training.runtime import prepare_input, prepare_model
+    from .training.step import Batch, build_step_tools, train_step
 
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     torch.manual_seed(seed)
     model = create_model(spec.name, attn_impl=variant.attn_impl, img_size=spec.img_size, in_chans=spec.in_chans)
     model = prepare_model(model, device, channels_last=variant.channels_last)
-    images = torch.randn(batch_size, spec.in_chans, *spec.img_size, device=device)  # NCHW, like the augment output
-    labels = torch.randint(0, max(model.config.num_classes, 1), (batch_size,), device=device)
     dtype = amp_dtype if variant.amp else None
-    master = None
-    if variant.low_precision_weights and dtype is not None:
-        master = [p.detach().clone() for p in model.parameters()]  # fp32 copies the optimizer updates
-        model = model.to(dtype)
-        images, dtype = images.to(dtype), None  # the model runs in low precision, no autocast
-    network = torch.compile(model) if variant.compile else model
-
-    def forward() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            return network(prepare_input(images, channels_last=variant.channels_last))
-
+    low_precision = variant.low_precision_weights and dtype is not None
     if mode == "infer":
-        model.eval()
+        images = torch.randn(batch_size, spec.in_chans, *spec.img_size, device=device)
+        if low_precision:  # the model itself in low precision, no autocast casts
+            model, images, dtype = model.to(dtype), images.to(dtype), None
+        network = torch.compile(model) if variant.compile else model
+        network.eval()
 
         def infer_step() -> None:
-            with torch.no_grad():
-                forward()
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                network(prepare_input(images, channels_last=variant.channels_last))
 
         return infer_step
-    if mode != "train":
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    model.train()
-    recipe = TrainConfig()
-    if master is not None:
-        return _master_weight_step(model, master, forward, labels, recipe.lr)
-    if variant.recipe_optimizer:
-        optimizer = build_optimizer(model, recipe)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    recipe = TrainConfig(batch_size=batch_size)
+    optimizer = MasterWeightOptimizer(model, recipe) if low_precision else None
+    if low_precision:
+        model = model.to(dtype)
+    mean, std = (0.5,) * spec.in_chans, (0.25,) * spec.in_chans
+    tools = build_step_tools(
+        model, recipe, num_classes=model.config.num_classes, steps_per_epoch=1000, amp_dtype=dtype,
+        augment=TrainAugment(make_augment_config(recipe, spec.img_size, mean, std)),
+        channels_last=variant.channels_last, optimizer=optimizer,
+        optimizer_kernel="fastest" if variant.recipe_optimizer else "plain",
+    )  # fmt: skip
+    batch = Batch(torch.randint(0, 256, (batch_size, spec.in_chans, *spec.img_size), dtype=torch.uint8, device=device),
+                  torch.randint(0, model.config.num_classes, (batch_size,), device=device))
+    network = torch.compile(model) if variant.compile else model
+    network.train()
+    steps = iter(range(1 << 62))
 
-    def train_step() -> None:
-        loss = F.cross_entropy(forward().float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    def step() -> None:
+        train_step(network, batch, tools, next(steps))
 
-    return train_step
-
-
-def _master_weight_step(model: torch.nn.Module, master: list[torch.Tensor], forward: Callable[[], torch.Tensor],
-                        labels: torch.Tensor, lr: float) -> Callable[[], None]:
-    """A training step for a model held in bf16/fp16: gradients go to fp32 master copies, a fused AdamW
-    updates those, and the model gets their rounded values back (the classic mixed-precision scheme)."""
-    params = list(model.parameters())
-    for weights in master:
-        weights.requires_grad_(True)
-    optimizer = torch.optim.AdamW(master, lr=lr, fused=True)
-
-    def train_step() -> None:
-        loss = F.cross_entropy(forward().float(), labels)
-        for p in params:
-            p.grad = None
-        loss.backward()
-        for weights, p in zip(master, params):
-            weights.grad = None if p.grad is None else p.grad.float()
-        optimizer.step()
-        with torch.no_grad():
-            torch._foreach_copy_(params, master)
-
-    return train_step
+    return step
 
 
 @dataclass
@@ -613,23 +603,24 @@ def first_reaching(history: list[dict], stamps: list[float], target: float) -> d
 
 
 def bench_time_to_accuracy(config: BenchConfig, device: torch.device, quiet: bool = False) -> dict:
-    """Train ``tta_model`` on ``tta_dataset`` with the short-run recipe and report when val top-1 first
+    """Train ``accuracy_model`` on ``accuracy_dataset`` with the short-run recipe and report when val top-1 first
     reached ``time_to_accuracy`` (wall time from the start of the run, data loading included)."""
-    from .training.loop import METRICS_FILE, train
+    from .training.loop import train
+    from .training.rundir import METRICS_FILE, read_history
     from .training.recipe import TrainConfig, apply_recipe
 
     target = config.time_to_accuracy
     train_config = apply_recipe(
-        TrainConfig(model=config.tta_model, dataset=config.tta_dataset, data=config.tta_data,
-                    samples_per_class=config.tta_samples_per_class, device=str(device), quiet=True, seed=config.seed),
-        "small", epochs=config.tta_epochs,
+        TrainConfig(model=config.accuracy_model, dataset=config.accuracy_dataset, data=config.accuracy_data,
+                    samples_per_class=config.accuracy_samples_per_class, device=str(device), quiet=True, seed=config.seed),
+        "small", epochs=config.accuracy_epochs,
     )  # fmt: skip
-    _say(f"bench time-to-accuracy: {config.tta_model} on {config.tta_dataset} to {target}% in at most "
-         f"{config.tta_epochs} epochs", quiet)  # fmt: skip
+    _say(f"bench time-to-accuracy: {config.accuracy_model} on {config.accuracy_dataset} to {target}% in at most "
+         f"{config.accuracy_epochs} epochs", quiet)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cct-bench-") as scratch:
-        parent = Path(config.tta_output) if config.tta_output else Path(scratch)
+        parent = Path(config.accuracy_output) if config.accuracy_output else Path(scratch)
         parent.mkdir(parents=True, exist_ok=True)
-        run_dir = parent / f"tta-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = parent / f"accuracy-{datetime.datetime.now():%Y%m%d-%H%M%S}"
         watcher = _MetricsWatcher(run_dir / METRICS_FILE)
         watcher.start()
         try:
@@ -637,14 +628,13 @@ def bench_time_to_accuracy(config: BenchConfig, device: torch.device, quiet: boo
         finally:
             watcher.stop()
         total = time.monotonic() - watcher.start_time
-        lines = (run_dir / METRICS_FILE).read_text().splitlines()
-        history = [json.loads(line) for line in lines if line.strip()]
+        history = read_history(run_dir)
     reached = first_reaching(history, watcher.stamps, target)
     return {
-        "target_top1": target, "model": config.tta_model, "dataset": config.tta_dataset,
-        "epochs": config.tta_epochs, "samples_per_class": config.tta_samples_per_class, **reached,
+        "target_top1": target, "model": config.accuracy_model, "dataset": config.accuracy_dataset,
+        "epochs": config.accuracy_epochs, "samples_per_class": config.accuracy_samples_per_class, **reached,
         "best_val_top1": result.best_top1, "total_seconds": total,
-        "run_dir": str(run_dir) if config.tta_output else None,
+        "run_dir": str(run_dir) if config.accuracy_output else None,
         "history": [{"epoch": r["epoch"], "val_top1": r.get("val_top1"), "epoch_seconds": r.get("epoch_seconds"),
                      "wall_s": watcher.stamps[i] if i < len(watcher.stamps) else None} for i, r in enumerate(history)],
     }  # fmt: skip
@@ -659,7 +649,7 @@ def run_benchmark(config: BenchConfig, quiet: bool = False) -> dict:
 
     device = select_device(config.device)
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"bench supports cpu and cuda devices, got {device}")
+        raise ConfigError(f"bench supports cpu and cuda devices, got {device}")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     report: dict = {"schema": SCHEMA, "machine": machine_info(device), "settings": _settings(config, device)}
@@ -769,56 +759,36 @@ def _name_list(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+# How an option's text becomes a field's value, by the field's type (annotations are strings here).
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "tuple[str, ...]": _name_list, "tuple[int, ...]": _int_list, "int": int, "float": float, "str": str,
+}  # fmt: skip
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``cct bench``."""
-    parser.add_argument("--models", type=_name_list, default=DEFAULT_MODELS,
-                        help="comma-separated NAME or NAME:HxWxC (default: %(default)s)")
-    parser.add_argument("--batch-sizes", type=_int_list, default=(128,), help="comma-separated (default: 128)")
-    parser.add_argument("--variants", type=_name_list, default=("baseline", "fast"),
-                        help="comma-separated, 'all' for every lever, suffix +compile to compile one: "
-                             + ", ".join(VARIANTS) + " (default: baseline,fast)")
-    parser.add_argument("--modes", type=_name_list, default=MODES, help="train, infer or both (default: both)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="dtype of the mixed-precision variants (auto: what cct train uses here)")
-    parser.add_argument("--compile", action="store_true", help="add torch.compile'd copies of the variants")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (default: 3)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (default: 5)")
-    parser.add_argument("--steps", type=int, help="steps per timed repeat (default: 1 on CPU, 10 on CUDA)")
-    parser.add_argument("--peak-sizes", type=_int_list,
-                        help="matmul sizes for the peak TFLOP/s (default: 512,1024,2048 on CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scaling", action="store_true",
-                        help="also step time vs tokens and vs batch size, and attention memory")
-    parser.add_argument("--scaling-model", default="cct_2_3x2_32")
-    parser.add_argument("--scaling-sizes", type=_int_list, default=(16, 32, 64), help="input sizes in pixels")
-    parser.add_argument("--scaling-batches", type=_int_list, default=(32, 64, 128, 256, 512))
-    parser.add_argument("--time-to-accuracy", type=float, metavar="TARGET",
-                        help="also train on Fashion-MNIST and report the time to TARGET%% val top-1")
-    parser.add_argument("--tta-model", default="cct_2_3x2_32")
-    parser.add_argument("--tta-dataset", default="fashion_mnist")
-    parser.add_argument("--tta-data", help="dataset folder (default: the dataset's default location)")
-    parser.add_argument("--tta-epochs", type=int, default=5, help="length of the training run (default: 5)")
-    parser.add_argument("--tta-samples-per-class", type=int, help="train on this many images per class")
-    parser.add_argument("--tta-output", help="keep the training run in this folder")
+    """The options of ``cct bench``: one per BenchConfig field (default None = the field's default)."""
+    defaults = BenchConfig()
+    for f in fields(BenchConfig):
+        kind = f.type.replace(" | None", "")
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f.metadata["help"] + ("" if default is None else f" (default: {shown})".replace("%", "%%"))
+        flag = "--" + f.name.replace("_", "-")
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=_PARSERS[kind], default=None, help=help_text,
+                                choices=PRECISIONS if f.name == "precision" else None)
     parser.add_argument("--output", help="write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """A BenchConfig from the parsed ``cct bench`` options."""
-    variants = tuple(VARIANTS) if tuple(args.variants) == ("all",) else tuple(args.variants)
-    return BenchConfig(
-        models=tuple(args.models), batch_sizes=tuple(args.batch_sizes), variants=variants, modes=tuple(args.modes),
-        precision=args.precision, compile=args.compile, device=args.device, threads=args.threads,
-        warmup=args.warmup, repeats=args.repeats, steps=args.steps,
-        peak_sizes=tuple(args.peak_sizes) if args.peak_sizes else None, seed=args.seed,
-        scaling=args.scaling, scaling_model=args.scaling_model, scaling_sizes=tuple(args.scaling_sizes),
-        scaling_batches=tuple(args.scaling_batches), time_to_accuracy=args.time_to_accuracy,
-        tta_model=args.tta_model, tta_dataset=args.tta_dataset, tta_data=args.tta_data, tta_epochs=args.tta_epochs,
-        tta_samples_per_class=args.tta_samples_per_class, tta_output=args.tta_output,
-    )  # fmt: skip
+    """A BenchConfig from the parsed ``cct bench`` options (the fields' defaults where none was given)."""
+    given = {f.name: getattr(args, f.name) for f in fields(BenchConfig) if getattr(args, f.name, None) is not None}
+    if tuple(given.get("variants", ())) == ("all",):
+        given["variants"] = tuple(VARIANTS)
+    return BenchConfig(**given)
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-logger = logging.getLogger("compact_transformers")
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
+class CliError(UserError):
+    """A mistake in the command line: printed as one line, exit code 2."""
 
 
 # ------------------------------------------------------------------------------------------------ info
@@ -64,66 +66,40 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- train
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .training.loop import (
-        estimate_epoch_seconds,
-        fit_schedule_to_time,
-        load_run_config,
-        load_training_data,
-        plan_eval_interval,
-        train,
-    )
-    from .training.recipe import RECIPES, TrainConfig, explicit_args, load_yaml_config, resolve_config
-    from .training.runtime import tune_cpu
+# Options that `--resume` may change: how to run, never what is trained.
+RESUMABLE = ("epochs", "quiet", "time_limit", "device", "compile", "workers")
 
-    budget_start = time.monotonic()  # --time-limit covers the planning below as well
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.budget import TimeBudget
+    from .training.build import load_training_data
+    from .training.loop import train
+    from .training.recipe import ConfigSource, explicit_args, pick_recipe
+    from .training.rundir import load_run_config
+    from .training.runtime import tune_cpu
+    from .training.yaml_config import load_yaml_config
+
+    started = time.monotonic()  # --time-limit covers the set-up below as well
     tune_cpu()
-    if args.resume and (args.config or args.recipe != "auto"):
-        raise CliError("--resume continues a run as it was configured: it takes no --config or --recipe")
+    given = explicit_args(args)
     if args.resume:
-        run_dir = Path(args.resume)
-        config = load_run_config(run_dir)
-        changed = explicit_args(args)
-        allowed = {"epochs", "quiet", "time_limit", "device", "resume", "compile", "workers"}
-        refused = sorted(set(changed) - allowed)
+        if args.config or args.recipe != "auto":
+            raise CliError("--resume continues a run as it was configured: it takes no --config or --recipe")
+        refused = sorted(set(given) - set(RESUMABLE))
         if refused:
             raise CliError(f"--resume continues a run as configured; these options cannot change: {refused}")
-        config = config.replace(**changed)
-        result = train(config, run_dir=run_dir, resume=True, budget_start=budget_start)
+        config = load_run_config(Path(args.resume)).replace(**given)
+        budget = TimeBudget(config.time_limit, start=started) if config.time_limit is not None else None
+        result = train(config, run_dir=Path(args.resume), resume=True, budget=budget)
     else:
-        recipe = args.recipe
-        in_file = load_yaml_config(args.config) if args.config else {}
-        explicit = explicit_args(args)
-        if recipe == "auto":
-            given = {**in_file, **explicit}
-            dataset_given = given.get("dataset") or given.get("data")
-            recipe = "digits" if not dataset_given or given.get("dataset") == "digits" else "small"
-        if recipe not in RECIPES:
-            raise CliError(f"unknown recipe {recipe!r}; expected auto or one of: {', '.join(RECIPES)}")
-        config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
-        max_epochs, data = None, None
-        if config.time_limit is not None:
-            # Plan the schedule (and, for the small recipe, the augmentation strength) for the budget.
-            # Validation every k epochs, at most a few percent of the budget, unless an option fixed it.
-            data = load_training_data(config)  # once: the probe and the run use the same data
-            estimate = estimate_epoch_seconds(config, data)
-            if "eval_interval" not in explicit and "eval_interval" not in in_file:
-                args.eval_interval = plan_eval_interval(estimate)
-                config = config.replace(eval_interval=args.eval_interval)
-            epoch_seconds = estimate.per_epoch(config.eval_interval)
-            fitted = fit_schedule_to_time(config, elapsed=epoch_seconds, epoch_seconds=epoch_seconds)
-            if fitted is not None:
-                # planned from the budget: the refit after the first epoch may give back what the probe took
-                max_epochs = config.epochs
-                args.epochs = fitted["epochs"]
-                config = resolve_config(recipe=recipe, yaml_path=args.config, args=args, base=TrainConfig())
-                # the recipe scaled warmup/cooldown already unless a file or option fixed them
-                unscaled = {k: fitted[k] for k in ("warmup_epochs", "cooldown_epochs") if k not in explicit}
-                if config.warmup_epochs + config.cooldown_epochs > config.epochs:
-                    config = config.replace(**unscaled)
-            logger.info("time limit %.1f min, ~%.1f s per epoch here: planned %d epochs, validation every %d",
-                        config.time_limit, epoch_seconds, config.epochs, config.eval_interval)
-        result = train(config, budget_start=budget_start, max_epochs=max_epochs, data=data)
+        from_file = load_yaml_config(args.config) if args.config else {}
+        source = ConfigSource(pick_recipe(args.recipe, {**from_file, **given}), from_file, given)
+        config, budget, data = source.resolve(), None, None
+        if config.time_limit is not None:  # plan epochs (and the recipe's strength) for the budget
+            budget = TimeBudget(config.time_limit, start=started)
+            data = load_training_data(config)  # once: the probe and the run share it
+            config = budget.plan(source, data)
+        result = train(config, budget=budget, data=data)
     return 130 if result.interrupted else 0
 
 
@@ -301,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train with the paper's recipe. Precedence: recipe < --config YAML < options.")
     train.add_argument("--config", help="YAML config: ours or the authors' timm-style files")
     train.add_argument("--recipe", default="auto", help="auto (digits for the bundled data, else small), paper, small, digits")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
     add_config_arguments(train)
     train.set_defaults(func=cmd_train)
 
@@ -368,9 +345,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from .data import DatasetError
-    from .models.weights import CheckpointError
-
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe (`cct info | head`) shows up here, not at interpreter exit
@@ -385,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cct {args.command}: error: {error.name or error} is not installed; "
               "pip install 'compact-transformers[all]'", file=sys.stderr)
         return 2
-    except (CliError, DatasetError, CheckpointError, ValueError, OSError, FloatingPointError) as error:
+    except (UserError, OSError) as error:
+        if isinstance(error, OSError) and error.filename is None:
+            raise  # not about a file of the user's: a bug, keep the traceback
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"cct {args.command}: error: {message}", file=sys.stderr)
         if args.verbose:

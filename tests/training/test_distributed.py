@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from compact_transformers.cli import main
-from compact_transformers.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup_distributed
+from compact_transformers.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    cleanup,
+    from_rank0,
+    gather_objects,
+    setup_distributed,
+)
 
 TINY = ["--samples-per-class", "5", "--epochs", "2", "--batch-size", "8", "--quiet", "--device", "cpu"]
 
@@ -31,7 +39,9 @@ def test_single_process_reductions_are_no_ops() -> None:
     tensors = {"a": torch.tensor(2.0), "b": torch.arange(3.0)}
     out = all_reduce_sum(tensors, info)
     assert out is tensors and out["a"].item() == 2.0 and out["b"].tolist() == [0.0, 1.0, 2.0]
-    barrier(info)
+    assert any_rank(True, torch.device("cpu"), info) and not any_rank(False, torch.device("cpu"), info)
+    assert from_rank0({"epochs": 3}, info) == {"epochs": 3}
+    assert gather_objects("state", info) == ["state"]
     cleanup(info)
 
 

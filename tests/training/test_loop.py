@@ -13,9 +13,11 @@ from safetensors.torch import load_file
 
 from compact_transformers.models import create_model, load_model
 from compact_transformers.models.weights import save_model
-from compact_transformers.training import loop
+from compact_transformers.training import budget, build, loop
+from compact_transformers.training import step as step_module
 from compact_transformers.training.losses import SoftTargetCrossEntropy
 from compact_transformers.training.recipe import TrainConfig, apply_recipe
+from compact_transformers.training.rundir import load_run_config
 from compact_transformers.training.state import load_state
 
 MODEL = "cct_2_3x2_32"
@@ -42,7 +44,7 @@ def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
                 signal.raise_signal(signal.SIGINT)
             return super().forward(logits, target)
 
-    monkeypatch.setattr(loop, "SoftTargetCrossEntropy", InterruptingLoss)
+    monkeypatch.setattr(step_module, "SoftTargetCrossEntropy", InterruptingLoss)
 
 
 def read_records(run_dir: Path) -> list[dict]:
@@ -100,7 +102,7 @@ def test_run_records_and_final_report_agree(baseline: loop.RunResult) -> None:
     assert final["best_val_top1"] == pytest.approx(max(r["val_top1"] for r in records))
     assert set(final["val_per_class"]) == {str(d) for d in range(10)}
     # the saved config reloads to the config that was trained
-    assert loop.load_run_config(run) == tiny_config(Path(run.parent), "baseline")
+    assert load_run_config(run) == tiny_config(Path(run.parent), "baseline")
 
 
 def test_checkpoints_and_final_model_are_loadable(baseline: loop.RunResult) -> None:
@@ -134,7 +136,7 @@ def test_resume_after_interrupt_at_epoch_end_is_bit_identical(
     assert not (run / "final.json").exists()
     assert_no_leftovers(run)
 
-    second = loop.train(loop.load_run_config(run), run_dir=run, resume=True)
+    second = loop.train(load_run_config(run), run_dir=run, resume=True)
     assert not second.interrupted and second.epochs_done == 2
     assert_same_weights(run / "checkpoints" / "last", baseline.run_dir / "checkpoints" / "last")
     assert_same_optimizer(run / "checkpoints" / "last", baseline.run_dir / "checkpoints" / "last")
@@ -158,7 +160,7 @@ def test_resume_after_interrupt_mid_epoch_is_bit_identical(
     assert [r["epoch"] for r in read_records(run)] == [1]
     assert_no_leftovers(run)
 
-    second = loop.train(loop.load_run_config(run), run_dir=run, resume=True)
+    second = loop.train(load_run_config(run), run_dir=run, resume=True)
     assert not second.interrupted and second.epochs_done == 2
     assert_same_weights(run / "checkpoints" / "last", baseline.run_dir / "checkpoints" / "last")
     # the epoch's training loss combines the steps before and after the interruption
@@ -184,10 +186,10 @@ def test_stop_flag_turns_signals_into_a_flag_and_restores_handlers() -> None:
 
 def test_samples_per_class_is_exact_and_reproducible(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, "x").replace(samples_per_class=10)
-    first, again = loop.load_training_data(config), loop.load_training_data(config)
+    first, again = build.load_training_data(config), build.load_training_data(config)
     assert torch.bincount(first.train.labels, minlength=10).tolist() == [10] * 10
     assert torch.equal(first.train.images, again.train.images)
-    other = loop.load_training_data(config.replace(seed=1))
+    other = build.load_training_data(config.replace(seed=1))
     assert not torch.equal(first.train.images, other.train.images)
     assert len(first.val) == 359  # validation is never subsampled
 
@@ -196,8 +198,8 @@ def test_pretrained_run_into_larger_images_resizes_positional_embedding(
     baseline: loop.RunResult, tmp_path: Path
 ) -> None:
     config = tiny_config(tmp_path, "x", img_size=24, pretrained=str(baseline.run_dir))
-    data = loop.load_training_data(config)
-    model = loop.build_student(config, data, (24, 24))
+    data = build.load_training_data(config)
+    model = build.build_student(config, data, (24, 24))
     source = load_file(str(baseline.run_dir / "model" / "model.safetensors"))
     own = model.state_dict()
     assert source["classifier.positional_emb"].shape[1] == 16  # 4x4 tokens at 16 px
@@ -210,9 +212,9 @@ def test_pretrained_with_other_class_count_replaces_head_with_warning(tmp_path: 
     source_model = create_model(MODEL, num_classes=5, in_chans=1, img_size=(16, 16))
     save_model(source_model, tmp_path / "five")
     config = tiny_config(tmp_path, "x", pretrained=str(tmp_path / "five"))
-    data = loop.load_training_data(config)
+    data = build.load_training_data(config)
     with pytest.warns(UserWarning, match="head"):
-        model = loop.build_student(config, data, (16, 16))
+        model = build.build_student(config, data, (16, 16))
     assert model.classifier.fc.weight.shape == (10, 128)
     source = source_model.state_dict()
     own = model.state_dict()
@@ -230,7 +232,7 @@ def test_mean_of_other_channel_count_fails_before_the_run_directory(tmp_path: Pa
 def test_distillation_from_a_teacher_run(baseline: loop.RunResult, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"forward": 0}
-    load_teacher = loop.load_teacher
+    load_teacher = build.load_teacher
 
     def counting_teacher(source: str, device: torch.device) -> torch.nn.Module:
         teacher = load_teacher(source, device)
@@ -244,7 +246,7 @@ def test_distillation_from_a_teacher_run(baseline: loop.RunResult, tmp_path: Pat
     record = read_records(result.run_dir)[0]
     assert torch.isfinite(torch.tensor(record["train_loss"]))
     # the teacher is the run's best checkpoint, frozen
-    teacher = loop.load_teacher(str(baseline.run_dir), torch.device("cpu"))
+    teacher = build.load_teacher(str(baseline.run_dir), torch.device("cpu"))
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     best = load_file(str(baseline.run_dir / "checkpoints" / "best" / "model.safetensors"))
     assert all(torch.equal(value, best[key]) for key, value in teacher.state_dict().items())
@@ -259,36 +261,41 @@ def test_time_limit_stops_early_and_finishes_the_run(tmp_path: Path) -> None:
     assert_no_leftovers(result.run_dir)
 
 
-def test_fit_schedule_to_time_shrinks_epochs_warmup_and_cooldown() -> None:
+def test_fit_schedule_shrinks_epochs_warmup_and_cooldown() -> None:
     config = TrainConfig(epochs=300, warmup_epochs=10, cooldown_epochs=10, time_limit=10.0)
+
+    def fit(config: TrainConfig, elapsed: float, max_epochs: int | None = None) -> dict | None:
+        return budget.fit_schedule(config, budget_seconds=600.0, elapsed=elapsed, epoch_seconds=6.0,
+                                   max_epochs=max_epochs)
+
     # 600 s budget (98% used): the first epoch took 12 s, the others will take 6 s -> 1 + 96 epochs
-    fitted = loop.fit_schedule_to_time(config, elapsed=12.0, epoch_seconds=6.0)
-    assert fitted == {"epochs": 97, "warmup_epochs": 3, "cooldown_epochs": 3}
-    assert loop.fit_schedule_to_time(config, elapsed=1.0, epoch_seconds=0.01) is None  # 300 epochs fit
-    assert loop.fit_schedule_to_time(config, elapsed=900.0, epoch_seconds=6.0)["epochs"] == 1  # over already
+    assert fit(config, elapsed=12.0) == {"epochs": 97, "warmup_epochs": 3, "cooldown_epochs": 3}
+    assert budget.fit_schedule(config, budget_seconds=600.0, elapsed=1.0, epoch_seconds=0.01) is None  # all fit
+    assert fit(config, elapsed=900.0)["epochs"] == 1  # over already
     # epochs planned from the budget grow back when the first epoch was faster than the probe said, up to
     # max_epochs; chosen epochs are only ever shrunk
     planned = TrainConfig(epochs=40, warmup_epochs=2, cooldown_epochs=2, time_limit=10.0)
-    assert loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0) is None
-    grown = loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0, max_epochs=300)
-    assert grown == {"epochs": 97, "warmup_epochs": 2, "cooldown_epochs": 2}
-    assert loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0, max_epochs=60)["epochs"] == 60
-    assert loop.fit_schedule_to_time(planned, elapsed=12.0, epoch_seconds=6.0, max_epochs=40) is None
+    assert fit(planned, elapsed=12.0) is None
+    assert fit(planned, elapsed=12.0, max_epochs=300) == {"epochs": 97, "warmup_epochs": 2, "cooldown_epochs": 2}
+    assert fit(planned, elapsed=12.0, max_epochs=60)["epochs"] == 60
+    assert fit(planned, elapsed=12.0, max_epochs=40) is None
 
 
 def test_time_limited_run_grows_planned_epochs_only_up_to_max_epochs(tmp_path: Path) -> None:
     # tiny epochs take well under a second: a 100-minute budget fits many more than were planned
-    grown = loop.train(tiny_config(tmp_path, "grown", epochs=2, time_limit=100.0), max_epochs=4)
+    planned = budget.TimeBudget(100.0)
+    planned.max_epochs = 4
+    grown = loop.train(tiny_config(tmp_path, "grown", epochs=2, time_limit=100.0), budget=planned)
     assert grown.epochs_done == 4 and read_records(grown.run_dir)[-1]["epoch"] == 4
     chosen = loop.train(tiny_config(tmp_path, "chosen", epochs=2, time_limit=100.0))
     assert chosen.epochs_done == 2
 
 
 def test_plan_eval_interval_keeps_validation_to_a_small_share() -> None:
-    assert loop.plan_eval_interval(loop.EpochEstimate(train_seconds=100.0, eval_seconds=2.0)) == 1
-    assert loop.plan_eval_interval(loop.EpochEstimate(train_seconds=100.0, eval_seconds=4.0)) == 1  # exactly 4%
-    assert loop.plan_eval_interval(loop.EpochEstimate(train_seconds=100.0, eval_seconds=11.0)) == 3
-    assert loop.EpochEstimate(100.0, 12.0).per_epoch(3) == pytest.approx(104.0)
+    assert budget.plan_eval_interval(budget.EpochEstimate(train_seconds=100.0, eval_seconds=2.0)) == 1
+    assert budget.plan_eval_interval(budget.EpochEstimate(train_seconds=100.0, eval_seconds=4.0)) == 1  # exactly 4%
+    assert budget.plan_eval_interval(budget.EpochEstimate(train_seconds=100.0, eval_seconds=11.0)) == 3
+    assert budget.EpochEstimate(100.0, 12.0).per_epoch(3) == pytest.approx(104.0)
 
 
 def test_time_limited_run_validates_first_every_kth_and_last_epoch(tmp_path: Path) -> None:

@@ -7,15 +7,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compact_transformers.errors import ConfigError
 from compact_transformers.training.recipe import (
     RECIPES,
+    ConfigSource,
     TrainConfig,
     add_config_arguments,
     apply_recipe,
-    config_from_args,
-    load_yaml_config,
+    explicit_args,
+    pick_recipe,
     resolve_config,
 )
+from compact_transformers.training.yaml_config import load_yaml_config
 
 REF_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference-configs"
 REF_FILES = sorted(REF_DIR.glob("*.yml")) if REF_DIR.is_dir() else []
@@ -170,7 +173,7 @@ def test_yaml_timm_keys_mapped_or_ignored(tmp_path, caplog):
         "opt_eps: 1e-6\nopt_betas: [0.8, 0.99]\ninput_size: [3, 24, 24]\ncrop_pct: 0.9\n"
         "experiment: demo\ninitial_checkpoint: w.safetensors\nmixup_mode: batch\nweight_decay: 6e-2\n",
     )
-    with caplog.at_level(logging.INFO, logger="compact_transformers.training.recipe"):
+    with caplog.at_level(logging.INFO, logger="compact_transformers.training.yaml_config"):
         d = load_yaml_config(path)
     assert d == {
         "eps": 1e-6, "betas": (0.8, 0.99), "img_size": 24, "name": "demo",
@@ -193,7 +196,7 @@ def test_yaml_unknown_key_and_unsupported_values(tmp_path):
         load_yaml_config(write_yaml(tmp_path, "- 1\n- 2\n"))
     with pytest.raises(ValueError, match="opt must be one of"):
         TrainConfig().replace(**load_yaml_config(write_yaml(tmp_path, "opt: lamb\n")))
-    with pytest.raises(FileNotFoundError, match="config file not found"):
+    with pytest.raises(ConfigError, match="config file not found"):
         load_yaml_config(tmp_path / "missing.yml")
 
 
@@ -204,7 +207,7 @@ def test_parser_has_one_option_per_field_and_defaults_none():
     parser = make_parser()
     args = parser.parse_args([])
     assert all(getattr(args, name) is None for name in TrainConfig().to_dict())
-    assert config_from_args(args, TrainConfig(epochs=40, warmup_epochs=2)) == TrainConfig(epochs=40, warmup_epochs=2)
+    assert explicit_args(args) == {}
     assert "--batch-size" in parser.format_help() and "--no-amp" in parser.format_help()
 
 
@@ -213,7 +216,7 @@ def test_cli_options_parse_to_fields():
         ["--batch-size", "32", "--no-amp", "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.2", "0.2",
          "--aa", "none", "--clip-grad", "1.5", "--model-ema", "--scale", "0.5", "1"]
     )  # fmt: skip
-    c = config_from_args(args, TrainConfig())
+    c = TrainConfig().replace(**explicit_args(args))
     assert c.batch_size == 32 and c.amp is False and c.model_ema is True
     assert c.mean == (0.5, 0.4, 0.3) and c.aa is None and c.clip_grad == 1.5 and c.scale == (0.5, 1.0)
     with pytest.raises(SystemExit):
@@ -223,13 +226,13 @@ def test_cli_options_parse_to_fields():
 def test_precedence_recipe_then_yaml_then_cli(tmp_path):
     path = write_yaml(tmp_path, "epochs: 40\nlr: 1e-3\nweight_decay: 0.01\n")
     args = make_parser().parse_args(["--lr", "2e-3", "--no-amp"])
-    c = resolve_config(recipe="small", yaml_path=path, args=args)
+    c = resolve_config(recipe="small", from_file=load_yaml_config(path), from_cli=explicit_args(args))
     assert c.epochs == 40 and c.weight_decay == 0.01  # YAML over recipe
     assert c.warmup_epochs == 2 and c.cooldown_epochs == 2  # recipe scaling follows the final epochs
     assert c.lr == 2e-3 and c.amp is False  # command line over YAML
 
     args = make_parser().parse_args(["--epochs", "100", "--warmup-epochs", "7"])
-    c = resolve_config(recipe="small", yaml_path=path, args=args)
+    c = resolve_config(recipe="small", from_file=load_yaml_config(path), from_cli=explicit_args(args))
     assert (c.epochs, c.warmup_epochs, c.cooldown_epochs) == (100, 7, 5)
     assert resolve_config() == TrainConfig()
 
@@ -240,3 +243,34 @@ def test_flip_tta_only_for_models_trained_on_mirror_images():
     assert not TrainConfig(flip_tta=False, hflip=0.5).uses_flip_tta
     with pytest.raises(ValueError, match="translate"):
         TrainConfig(translate=-1)
+
+
+def test_auto_recipe_follows_the_dataset_and_unknown_recipes_are_refused():
+    assert pick_recipe("auto", {}) == "digits"
+    assert pick_recipe("auto", {"dataset": "digits"}) == "digits"
+    assert pick_recipe("auto", {"data": "/some/folder"}) == "small"
+    assert pick_recipe("paper", {"dataset": "cifar10"}) == "paper"
+    with pytest.raises(ConfigError, match="auto or one of"):
+        pick_recipe("fastest", {})
+
+
+def test_planned_epochs_rescale_the_recipe_and_shrink_unfixed_warmup_cooldown():
+    small = ConfigSource("small", from_cli={"dataset": "fashion_mnist"})
+    planned = small.resolve(epochs=20, eval_interval=3)
+    # the small recipe re-derives its epoch-dependent settings for the planned count
+    assert planned == apply_recipe(TrainConfig(), "small", epochs=20).replace(dataset="fashion_mnist", eval_interval=3)
+    # the paper recipe's fixed 10 + 10 warmup/cooldown would not fit 15 epochs: they shrink in proportion
+    paper = ConfigSource("paper").resolve(epochs=15)
+    assert (paper.epochs, paper.warmup_epochs, paper.cooldown_epochs) == (15, 0, 0)
+    paper = ConfigSource("paper").resolve(epochs=60)
+    assert (paper.epochs, paper.warmup_epochs, paper.cooldown_epochs) == (60, 10, 10)  # they fit: unchanged
+    # ... unless an option fixed them
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        ConfigSource("paper", from_cli={"warmup_epochs": 16}).resolve(epochs=15)
+    fixed = ConfigSource("paper", from_cli={"warmup_epochs": 5}).resolve(epochs=15)
+    assert (fixed.warmup_epochs, fixed.cooldown_epochs) == (5, 10)  # 5 + 10 fit 15 epochs
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    with pytest.raises(ConfigError, match=r"config.yml:2:\d+: not valid YAML"):
+        load_yaml_config(write_yaml(tmp_path, "epochs: 3\n  lr: 2\n"))

@@ -46,9 +46,31 @@ def all_reduce_sum(tensors: dict[str, torch.Tensor], info: DistInfo) -> dict[str
     return tensors
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
+def any_rank(flag: bool, device: torch.device, info: DistInfo) -> bool:
+    """True on every process when ``flag`` is true on any of them, so that all take the same decision."""
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor(float(flag), device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.item() > 0
+
+
+def from_rank0(value: object, info: DistInfo) -> object:
+    """Rank 0's ``value`` (any picklable object) on every process."""
+    if not info.enabled:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+def gather_objects(value: object, info: DistInfo) -> list:
+    """Every process's ``value``, in rank order (a one-element list for a single process)."""
+    if not info.enabled:
+        return [value]
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def cleanup(info: DistInfo) -> None:

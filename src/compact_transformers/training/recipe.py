@@ -1,11 +1,11 @@
-"""Training configuration: the `TrainConfig` dataclass, named recipes, YAML files and CLI options.
+"""Training configuration: the `TrainConfig` dataclass, named recipes and CLI options.
 
-Where a setting comes from, lowest precedence first (see `resolve_config`):
+Where a setting comes from, lowest precedence first (see `ConfigSource`):
 
     TrainConfig defaults (the paper's recipe)
       < a named recipe (`--recipe small`, see RECIPES / apply_recipe)
-      < a YAML file (ours, or the authors' timm-style files, see load_yaml_config)
-      < options given on the command line (see add_config_arguments / config_from_args)
+      < a YAML file (ours, or the authors' timm-style files, read by yaml_config.load_yaml_config)
+      < options given on the command line (see add_config_arguments / explicit_args)
 
 The learning rate `lr` is the rate for a batch of `lr_base_batch` images; the rate used is
 `scaled_lr = lr * batch_size / lr_base_batch` (linear scaling rule).
@@ -23,6 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,6 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model")
     output: str = _f("runs", "folder that receives run folders")
     name: str | None = _f(None, "run folder name (none = generated)")
-    resume: str | None = _f(None, "checkpoint to resume training from")
     pretrained: str | None = _f(None, "checkpoint whose weights initialise the model")
     teacher: str | None = _f(None, "teacher checkpoint for hard distillation (none = no distillation)")
     distill_alpha: float = _f(0.5, "weight of the distillation term")
@@ -106,7 +107,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
+            setattr(self, f.name, coerce_field(f.name, getattr(self, f.name)))
         _validate(self)
 
     @property
@@ -125,13 +126,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build a config from a (possibly partial) dict of field names; unknown keys raise ValueError."""
-        _check_names(d, where="config")
+        """Build a config from a (possibly partial) dict of field names; unknown keys raise ConfigError."""
+        check_field_names(d, where="config")
         return cls(**d)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed; unknown names raise ValueError."""
-        _check_names(changes, where="config")
+        """A copy with some fields changed; unknown names raise ConfigError."""
+        check_field_names(changes, where="config")
         return dataclasses.replace(self, **changes)
 
 
@@ -139,13 +140,13 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainCon
 _TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 
 
-def _check_names(d: dict[str, Any], *, where: str) -> None:
+def check_field_names(d: dict[str, Any], *, where: str) -> None:
     for key in d:
         if key not in FIELD_NAMES:
-            raise ValueError(_unknown_message(key, where=where, candidates=FIELD_NAMES))
+            raise ConfigError(unknown_key_message(key, where=where, candidates=FIELD_NAMES))
 
 
-def _unknown_message(key: Any, *, where: str, candidates: tuple[str, ...]) -> str:
+def unknown_key_message(key: Any, *, where: str, candidates: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(str(key), candidates, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; see the TrainConfig fields (cct train --help)"
     return f"unknown key {key!r} in {where}{hint}"
@@ -153,6 +154,11 @@ def _unknown_message(key: Any, *, where: str, candidates: tuple[str, ...]) -> st
 
 # --------------------------------------------------------------------------------------
 # Type coercion and validation (run on every construction, so replace() is checked too)
+
+
+def is_optional_field(name: str) -> bool:
+    """True when TrainConfig field ``name`` may be None."""
+    return _split_optional(_TYPES[name])[1]
 
 
 def _split_optional(tp: Any) -> tuple[Any, bool]:
@@ -165,41 +171,41 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
 
 def _to_number(name: str, value: Any, kind: type) -> int | float:
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be a {kind.__name__}, got the boolean {value!r}")
+        raise ConfigError(f"{name} must be a {kind.__name__}, got the boolean {value!r}")
     if isinstance(value, str):
         try:
             value = float(value.strip())  # PyYAML reads 55e-5 (no dot) as a string
         except ValueError:
-            raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+            raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
     if not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a {kind.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {type(value).__name__} {value!r}")
     if kind is int:
         if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{name} must be a whole number, got {value!r}")
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
         return int(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
 
-def _coerce(name: str, value: Any) -> Any:
+def coerce_field(name: str, value: Any) -> Any:
     """Convert `value` to the declared type of field `name` (numeric strings, lists, 'none')."""
     inner, optional = _split_optional(_TYPES[name])
     if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NONE_STRINGS):
         if not optional:
-            raise ValueError(f"{name} cannot be none")
+            raise ConfigError(f"{name} cannot be none")
         return None
     if inner is bool:
         if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "false", "no", "off"):
             return value.strip().lower() in ("true", "yes", "on")
         if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
         return value
     if inner in (int, float):
         return _to_number(name, value, inner)
     if inner is str:
         if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{name} must be a string, got {type(value).__name__} {value!r}")
         return value
     if typing.get_origin(inner) is tuple:
         if isinstance(value, (int, float, str)):
@@ -207,14 +213,14 @@ def _coerce(name: str, value: Any) -> Any:
         if optional and isinstance(value, (list, tuple)) and len(value) == 1 and str(value[0]).lower() in _NONE_STRINGS:
             return None  # `--mean none` on the command line
         if not isinstance(value, (list, tuple)) or len(value) == 0:
-            raise ValueError(f"{name} must be a list of numbers, got {value!r}")
+            raise ConfigError(f"{name} must be a list of numbers, got {value!r}")
         return tuple(_to_number(name, v, float) for v in value)
     raise TypeError(f"no coercion rule for field {name} of type {inner}")
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def _validate(c: TrainConfig) -> None:
@@ -318,16 +324,16 @@ def apply_recipe(config: TrainConfig, recipe: str, *, epochs: int | None = None)
     and no warmup for runs of under 4 epochs.
     """
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
     changes = dict(RECIPES[recipe])
     if epochs is not None:
         changes["epochs"] = epochs
     if recipe in _SCALED_SCHEDULE:
-        n = _coerce("epochs", changes["epochs"])
+        n = coerce_field("epochs", changes["epochs"])
         changes["warmup_epochs"] = min(10, max(1, n // 20)) if n >= 4 else 0
         changes["cooldown_epochs"] = min(10, n // 20)
     if recipe == "small":
-        changes.update(regularisation_for_epochs(_coerce("epochs", changes["epochs"])))
+        changes.update(regularisation_for_epochs(coerce_field("epochs", changes["epochs"])))
     return config.replace(**changes)
 
 
@@ -341,125 +347,6 @@ def regularisation_for_epochs(epochs: int) -> dict[str, Any]:
         return {"aa": None, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0, "lr": 2e-3, "drop_path": 0.1,
                 "attn_drop": 0.0, "scale": (1.0, 1.0), "translate": 2}
     return {"aa": _PAPER["aa"], "mixup": _PAPER["mixup"], "cutmix": _PAPER["cutmix"], "mixup_prob": 1.0}
-
-
-# --------------------------------------------------------------------------------------
-# YAML files: ours (TrainConfig field names) and the authors' timm-style files
-
-# timm train.py options with a different name here: timm key -> our field.
-_TIMM_RENAMED = {
-    "data_dir": "data",
-    "experiment": "name",
-    "opt_eps": "eps",
-    "opt_betas": "betas",
-    "initial_checkpoint": "pretrained",
-    "torchcompile": "compile",
-    "distillation_alpha": "distill_alpha",
-}
-# timm options that would change training if set to something else than this (neutral) value.
-_TIMM_UNSUPPORTED = {
-    "vflip": 0,
-    "jsd_loss": False,
-    "bce_loss": False,
-    "cutmix_minmax": None,
-    "drop_block": None,
-    "drop_connect": None,
-    "layer_decay": None,
-    "aug_repeats": 0,
-    "aug_splits": 0,
-    "no_aug": False,
-    "lr_noise": None,
-    "epoch_repeats": 0,
-    "clip_mode": "norm",
-    "decay_milestones": None,
-    "warmup_prefix": False,
-    "model_kwargs": {},
-}
-# timm options with no meaning here (data loading, logging, distributed training, other schedules).
-_TIMM_IGNORED = (
-    "crop_pct", "train_interpolation", "remode", "recount", "resplit", "train_split", "val_split",
-    "dataset_download", "class_map", "gp", "input_size", "validation_batch_size", "channels_last",
-    "torchscript", "fuser", "grad_checkpointing", "momentum", "lr_base_scale", "lr_noise_pct",
-    "lr_noise_std", "lr_cycle_mul", "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay", "decay_epochs",
-    "decay_rate", "patience_epochs", "start_epoch", "color_jitter", "bce_target_thresh", "bn_momentum",
-    "bn_eps", "sync_bn", "dist_bn", "split_bn", "model_ema_force_cpu", "worker_seeding", "log_interval",
-    "recovery_interval", "checkpoint_hist", "save_images", "apex_amp", "native_amp", "amp_dtype",
-    "no_ddp_bb", "pin_mem", "no_prefetcher", "eval_metric", "tta", "local_rank", "use_multi_epochs_loader",
-    "log_wandb", "sched_on_updates", "no_resume_opt", "in_chans", "mixup_mode", "distillation_type",
-    "input_img_mode", "train_num_samples", "val_num_samples", "synchronize_step", "head_init_scale",
-    "head_init_bias", "train_crop_mode",
-)  # fmt: skip
-_TIMM_KEYS = tuple(_TIMM_RENAMED) + tuple(_TIMM_UNSUPPORTED) + _TIMM_IGNORED + ("lr_base", "lr_base_size")
-
-
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file into a dict of TrainConfig field names (values converted to the field types).
-
-    Accepts our own files (`yaml.safe_dump(config.to_dict())`) and the authors' timm-style files:
-    timm names are mapped (`opt_eps` -> `eps`, `data_dir` -> `data`, `input_size` -> `img_size`, ...),
-    timm options with no meaning here are logged and ignored, and a key that is neither raises ValueError.
-    As in timm, `lr` in a file is the rate for that file's `batch_size` unless it gives `lr_base_batch`.
-    """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with path.open() as fh:
-        raw = yaml.safe_load(fh)
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of option names to values, got {type(raw).__name__}")
-
-    where = str(path)
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        key = str(key).replace("-", "_")
-        if key in FIELD_NAMES:
-            if value is None and not _split_optional(_TYPES[key])[1]:
-                continue  # timm writes unset options as null
-            out[key] = value
-        elif key in _TIMM_RENAMED:
-            if value in (None, "", False):
-                continue  # timm's "not set"
-            out.setdefault(_TIMM_RENAMED[key], value)
-        elif key in ("lr_base", "lr_base_size"):
-            pass  # handled below
-        elif key == "input_size" and value is not None:  # timm: [channels, height, width]
-            if not (isinstance(value, list) and len(value) == 3 and value[1] == value[2]):
-                raise ValueError(f"{where}: input_size must be [channels, size, size] (square), got {value!r}")
-            out.setdefault("img_size", value[2])
-        elif key == "mixup_mode":
-            if value != "batch":
-                raise ValueError(f"{where}: mixup_mode {value!r} is not supported; only 'batch' is")
-        elif key == "distillation_type":
-            if value not in ("hard", "none", None):
-                raise ValueError(f"{where}: distillation_type {value!r} is not supported; only 'hard' is")
-        elif key in _TIMM_UNSUPPORTED:
-            if value != _TIMM_UNSUPPORTED[key]:
-                logger.warning("%s: timm option %s=%r is not supported here and is ignored", where, key, value)
-        elif key in _TIMM_IGNORED:
-            logger.info("%s: timm option %s=%r has no meaning here; ignored", where, key, value)
-        else:
-            raise ValueError(_unknown_message(key, where=where, candidates=FIELD_NAMES + _TIMM_KEYS))
-
-    # timm's `pretrained: True` downloads the weights of the named model; here `pretrained` is a file.
-    if isinstance(out.get("pretrained"), bool):
-        if out.pop("pretrained"):
-            logger.warning(
-                "%s: 'pretrained: True' (download weights) is not supported; pass --pretrained PATH", where
-            )
-    if "compile" in out and not isinstance(out["compile"], bool):
-        out["compile"] = True  # timm's torchcompile names a backend
-    # timm: without `lr`, the rate is lr_base for a batch of lr_base_size (default 256).
-    if raw.get("lr") is None and raw.get("lr_base") is not None:
-        out["lr"] = raw["lr_base"]
-        out.setdefault("lr_base_batch", raw.get("lr_base_size") or 256)
-    if "lr" in out and "batch_size" in out and "lr_base_batch" not in out:
-        out["lr_base_batch"] = out["batch_size"]
-
-    return {name: _coerce(name, value) for name, value in out.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -481,7 +368,7 @@ def _none_or(kind: type) -> Any:
     return parse
 
 
-_PATH_FIELDS = ("data", "output", "resume", "pretrained", "teacher")
+_PATH_FIELDS = ("data", "output", "pretrained", "teacher")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -507,32 +394,67 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
-    """`base` with the options the user actually gave on the command line."""
-    return base.replace(**explicit_args(args))
-
-
 def explicit_args(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig options the user actually gave on the command line, by field name."""
     return {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
 
 
-def resolve_config(
-    *,
-    recipe: str | None = None,
-    yaml_path: str | Path | None = None,
-    args: argparse.Namespace | None = None,
-    base: TrainConfig | None = None,
-) -> TrainConfig:
-    """Merge, lowest precedence first: `base` (default TrainConfig()) < recipe < YAML file < command line.
+def pick_recipe(recipe: str, given: dict[str, Any]) -> str:
+    """``auto``: the digits recipe for the bundled digits, else small; any other name must be a recipe."""
+    if recipe == "auto":
+        dataset_given = given.get("dataset") or given.get("data")
+        return "digits" if not dataset_given or given.get("dataset") == "digits" else "small"
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; expected auto or one of: {', '.join(RECIPES)}")
+    return recipe
 
-    The recipe's epoch-scaled warmup/cooldown follow the final `epochs` (from the YAML file or the command
-    line when they give it), unless those also set warmup/cooldown themselves.
+
+def scaled_warmup_cooldown(config: TrainConfig, epochs: int) -> dict[str, int]:
+    """Warmup and cooldown of ``config`` shrunk in proportion to a run of ``epochs`` (never grown)."""
+    ratio = epochs / config.epochs
+    warmup = min(config.warmup_epochs, round(config.warmup_epochs * ratio))
+    cooldown = min(config.cooldown_epochs, round(config.cooldown_epochs * ratio), epochs - warmup)
+    return {"warmup_epochs": warmup, "cooldown_epochs": max(0, cooldown)}
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a run's settings come from, lowest precedence first: ``recipe`` < ``from_file`` (a YAML file,
+    already read) < ``from_cli`` (options given). ``resolve`` merges them; a time budget resolves again with
+    the epochs it planned, so that an epoch-scaled recipe scales to those."""
+
+    recipe: str = "paper"
+    from_file: dict[str, Any] = field(default_factory=dict)
+    from_cli: dict[str, Any] = field(default_factory=dict)
+
+    def given(self) -> dict[str, Any]:
+        """The settings given explicitly, by a file or an option."""
+        return {**self.from_file, **self.from_cli}
+
+    def resolve(self, *, epochs: int | None = None, eval_interval: int | None = None) -> TrainConfig:
+        """The merged config. ``epochs`` / ``eval_interval``: planned for a time budget, they override the
+        given ones; warmup and cooldown that no option fixed shrink with the planned epochs if they no
+        longer fit."""
+        given = self.given()
+        planned = {k: v for k, v in (("epochs", epochs), ("eval_interval", eval_interval)) if v is not None}
+        merged = {**given, **planned}
+        scales = self.recipe in _SCALED_SCHEDULE  # its warmup/cooldown (and strength) follow the epochs
+        config = apply_recipe(TrainConfig(), self.recipe, epochs=merged.get("epochs") if scales else None)
+        if epochs is not None:
+            unplanned = self.resolve()
+            warmup = merged.get("warmup_epochs", config.warmup_epochs)
+            cooldown = merged.get("cooldown_epochs", config.cooldown_epochs)
+            if coerce_field("warmup_epochs", warmup) + coerce_field("cooldown_epochs", cooldown) > epochs:
+                scaled = scaled_warmup_cooldown(unplanned, epochs)
+                merged.update({k: v for k, v in scaled.items() if k not in self.from_cli})
+        return config.replace(**merged)  # one replace: validated once, on the merged result
+
+
+def resolve_config(*, recipe: str = "paper", from_file: dict[str, Any] | None = None,
+                   from_cli: dict[str, Any] | None = None) -> TrainConfig:
+    """Merge, lowest precedence first: recipe < file settings < command-line settings (see ConfigSource).
+
+    The recipe's epoch-scaled warmup/cooldown follow the final `epochs` (from the file or the command line
+    when they give it), unless those also set warmup/cooldown themselves.
     """
-    config = base if base is not None else TrainConfig()
-    from_yaml = load_yaml_config(yaml_path) if yaml_path is not None else {}
-    from_cli = explicit_args(args) if args is not None else {}
-    given = {**from_yaml, **from_cli}
-    if recipe is not None:
-        config = apply_recipe(config, recipe, epochs=given.get("epochs"))
-    return config.replace(**given)  # one replace: validated once, on the merged result
+    return ConfigSource(recipe, from_file or {}, from_cli or {}).resolve()

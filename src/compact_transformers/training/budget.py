@@ -1,0 +1,138 @@
+"""`--time-limit`: one object that plans a run from probe steps, refits it after the first epoch, says
+when to stop, and keeps time for the final evaluation.
+
+The limit covers the whole `cct train` command, set-up included. Before training, a few steps of the real
+training step on a throwaway model estimate an epoch, which sets the number of epochs (and how often to
+validate). After the first epoch the plan is refitted to the measured speed: epochs that were planned from
+the budget may grow back up to the recipe's, epochs the user chose only ever shrink.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..augment import TrainAugment
+from ..data import ImageDataset
+from .build import build_student, input_size, load_teacher, make_augment_config
+from .recipe import ConfigSource, TrainConfig, scaled_warmup_cooldown
+from .runtime import autocast_dtype, prepare_model, select_device
+from .step import Batch, build_step_tools, train_step
+
+# Time-limited runs validate every k epochs so that validation takes at most this share of the budget.
+EVAL_SHARE = 0.04
+# Seconds a time-limited run keeps for writing the final model, report and plots.
+FINISH_SECONDS = 5.0
+# Share of the budget that plans aim to fill (the rest absorbs jitter).
+FILL = 0.98
+
+
+@dataclass(frozen=True)
+class EpochEstimate:
+    """Seconds of one epoch's training steps and of one validation pass."""
+
+    train_seconds: float
+    eval_seconds: float
+
+    def per_epoch(self, eval_interval: int) -> float:
+        """Seconds per epoch on average when validation runs every ``eval_interval`` epochs."""
+        return self.train_seconds + self.eval_seconds / eval_interval
+
+
+def plan_eval_interval(estimate: EpochEstimate, share: float = EVAL_SHARE) -> int:
+    """The smallest k such that validating every k epochs costs at most ``share`` of the training time."""
+    return max(1, math.ceil(estimate.eval_seconds / (share * max(estimate.train_seconds, 1e-9)) - 1e-9))
+
+
+def fit_schedule(config: TrainConfig, *, budget_seconds: float, elapsed: float, epoch_seconds: float,
+                 max_epochs: int | None = None) -> dict | None:
+    """Epochs (and warmup/cooldown, proportionally) such that the run fits ``budget_seconds``, after the
+    first epoch ended ``elapsed`` seconds in and later ones take ``epoch_seconds``; with ``max_epochs``
+    (epochs planned from the budget) they may also grow, up to that many. None: the configured epochs fit."""
+    remaining = FILL * budget_seconds - elapsed
+    fit = 1 + int(max(remaining, 0.0) // max(epoch_seconds, 1e-6))
+    fit = min(fit, max(max_epochs or 0, config.epochs))
+    if fit == config.epochs or (fit > config.epochs and max_epochs is None):
+        return None
+    epochs = max(1, fit)
+    return {"epochs": epochs, **scaled_warmup_cooldown(config, epochs)}
+
+
+class TimeBudget:
+    """The seconds one `cct train` command may take, counted from ``start`` (a ``time.monotonic()``)."""
+
+    def __init__(self, minutes: float, start: float | None = None) -> None:
+        self.seconds = minutes * 60
+        self.start = time.monotonic() if start is None else start
+        self.reserve = 0.0  # kept for the final validation, the test split and the files (set by refit)
+        self.max_epochs: int | None = None  # set when plan() chose the epochs: refit may grow them to this
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def should_stop(self) -> bool:
+        """True once training must end to leave the reserve for finishing."""
+        return self.elapsed() > self.seconds - self.reserve
+
+    def plan(self, source: ConfigSource, data: ImageDataset) -> TrainConfig:
+        """The config of ``source`` with the epochs and validation interval that fit, from probe steps."""
+        config = source.resolve()
+        estimate = estimate_epoch_seconds(config, data)
+        given = source.given()
+        interval = config.eval_interval if "eval_interval" in given else plan_eval_interval(estimate)
+        epoch_seconds = estimate.per_epoch(interval)
+        fitted = fit_schedule(config, budget_seconds=self.seconds, elapsed=self.elapsed() + epoch_seconds,
+                              epoch_seconds=epoch_seconds)
+        if fitted is None:
+            return config.replace(eval_interval=interval)
+        self.max_epochs = config.epochs  # planned, not chosen: the refit may give back what the probe took
+        return source.resolve(epochs=fitted["epochs"], eval_interval=interval)
+
+    def refit(self, config: TrainConfig, measured: EpochEstimate, test_share: float) -> dict | None:
+        """After the first epoch: reserve time for the final evaluation (validation, and the test split
+        ``test_share`` times the size of validation) and fit the schedule to the measured speed."""
+        self.reserve = measured.eval_seconds * (1 + test_share) + FINISH_SECONDS
+        return fit_schedule(config, budget_seconds=self.seconds, elapsed=self.elapsed() + self.reserve,
+                            epoch_seconds=measured.per_epoch(config.eval_interval), max_epochs=self.max_epochs)
+
+    def state_dict(self) -> dict:
+        return {"reserve": self.reserve}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reserve = float(state.get("reserve", 0.0))
+
+
+def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset, probe_steps: int = 10) -> EpochEstimate:
+    """Seconds one epoch of ``config`` (training, and a validation pass) will take here: the fastest of a
+    few timed training steps (the step the run takes: augmentation, mixing, teacher and all) on a throwaway
+    copy of the model; other load only slows steps down, and the refit after the first epoch corrects an
+    optimistic plan. The global RNG is left untouched."""
+    device = select_device(config.device)
+    img_size = input_size(config, data)
+    batch_size = min(config.batch_size, len(data.train))
+    steps_per_epoch = max(1, len(data.train) // batch_size)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = prepare_model(build_student(config.replace(pretrained=None), data, img_size), device).train()
+        augment = TrainAugment(make_augment_config(config, img_size, model.config.mean, model.config.std))
+        teacher = load_teacher(config.teacher, device) if config.teacher else None
+        tools = build_step_tools(model, config, num_classes=data.num_classes, steps_per_epoch=steps_per_epoch,
+                                 augment=augment, teacher=teacher, amp_dtype=autocast_dtype(device, config.amp))
+        images = data.train.images[:batch_size] if data.train.images is not None else None
+        if images is None:
+            images = torch.stack([data.train_stream[i][0] for i in range(batch_size)])
+        batch = Batch(images.to(device), data.train.labels[:batch_size].to(device))
+        times = []
+        for step in range(probe_steps):
+            start = time.perf_counter()
+            train_step(model, batch, tools, step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    step_seconds = min(times[2:])
+    eval_steps = math.ceil(len(data.val) / batch_size)
+    eval_passes = 2 if config.uses_flip_tta else 1
+    # an inference batch costs about a third of a training step
+    return EpochEstimate(steps_per_epoch * step_seconds, eval_passes * eval_steps * step_seconds / 3)

@@ -1,0 +1,133 @@
+"""THE training step: augment, mix, forward (with a teacher), loss, backward, clip, optimizer, schedule.
+
+`cct train`'s loop, the `--time-limit` probe and `cct bench` all call :func:`train_step`, so what the
+probe times and what the bench measures is what training runs. A batch is of any modality: uint8
+images (augmented on the device) or token ids with a padding mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..augment import MixupCutmix, smooth_one_hot
+from ..errors import DivergedError
+from .losses import DistillationLoss, SoftTargetCrossEntropy
+from .optim import build_optimizer
+from .recipe import TrainConfig
+from .runtime import prepare_input
+from .schedule import LRSchedule
+
+
+@dataclass
+class Batch:
+    """One batch: uint8 images (B, C, H, W) or token ids (B, L) with ``mask`` (B, L) True on real tokens."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+@dataclass
+class StepTools:
+    """Everything a training step uses besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    num_classes: int
+    smoothing: float
+    augment: nn.Module | None = None  # uint8 images -> normalised floats; None: inputs as they are
+    mixer: MixupCutmix | None = None  # Mixup/CutMix; `mixer.enabled = False` switches it off
+    teacher: nn.Module | None = None  # hard distillation
+    ema: nn.Module | None = None
+    ema_decay: float = 0.9998
+    clip_grad: float | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = True
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # detached scalar
+    logits: torch.Tensor  # detached float32 (B, K)
+    lr: float
+
+
+def build_step_tools(model: nn.Module, config: TrainConfig, *, num_classes: int, steps_per_epoch: int,
+                     augment: nn.Module | None, teacher: nn.Module | None = None,
+                     amp_dtype: torch.dtype | None = None, channels_last: bool = True,
+                     optimizer: torch.optim.Optimizer | None = None, optimizer_kernel: str = "fastest") -> StepTools:
+    """The optimizer, schedule, loss, mixing and EMA of ``config`` for ``model`` (``config.batch_size`` is
+    the global batch that the learning rate scales with). ``augment=None`` for inputs that need none (text);
+    ``optimizer``: one built elsewhere (default: ``config``'s, with ``optimizer_kernel``)."""
+    optimizer = optimizer if optimizer is not None else build_optimizer(model, config, kernel=optimizer_kernel)
+    mixes = augment is not None and (config.mixup > 0 or config.cutmix > 0)
+    mixer = MixupCutmix(
+        mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+        switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing, num_classes=num_classes,
+    ) if mixes else None  # fmt: skip
+    criterion: nn.Module = SoftTargetCrossEntropy()
+    if teacher is not None:
+        criterion = DistillationLoss(criterion, config.distill_alpha)
+    return StepTools(
+        optimizer=optimizer,
+        schedule=LRSchedule.from_config(optimizer, config, steps_per_epoch=steps_per_epoch),
+        scaler=torch.amp.GradScaler(_device_type(model), enabled=amp_dtype == torch.float16),
+        criterion=criterion, num_classes=num_classes, smoothing=config.smoothing, augment=augment, mixer=mixer,
+        teacher=teacher, ema=make_ema(model) if config.model_ema else None, ema_decay=config.model_ema_decay,
+        clip_grad=config.clip_grad, amp_dtype=amp_dtype, channels_last=channels_last,
+    )  # fmt: skip
+
+
+def train_step(model: nn.Module, batch: Batch, tools: StepTools, step: int) -> StepOutput:
+    """One optimizer step on ``batch``; ``step`` is the global step index that sets the learning rate."""
+    inputs = batch.inputs if tools.augment is None else tools.augment(batch.inputs)
+    if tools.mixer is not None:
+        inputs, targets = tools.mixer(inputs, batch.labels)
+    else:
+        targets = smooth_one_hot(batch.labels, tools.num_classes, tools.smoothing)
+    inputs = prepare_input(inputs, channels_last=tools.channels_last)
+    extra = () if batch.mask is None else (batch.mask,)
+    lr = tools.schedule.step(step)
+    with torch.autocast(inputs.device.type, dtype=tools.amp_dtype, enabled=tools.amp_dtype is not None):
+        logits = model(inputs, *extra).float()
+        teacher_logits = () if tools.teacher is None else (tools.teacher(inputs, *extra).float(),)
+    loss = tools.criterion(logits, targets, *teacher_logits)
+    if not torch.isfinite(loss):
+        raise DivergedError(f"the loss is {loss.item()} at step {step}: training diverged; lower --lr")
+    tools.optimizer.zero_grad(set_to_none=True)
+    tools.scaler.scale(loss).backward()
+    if tools.clip_grad is not None:
+        tools.scaler.unscale_(tools.optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), tools.clip_grad)
+    tools.scaler.step(tools.optimizer)
+    tools.scaler.update()
+    if tools.ema is not None:
+        update_ema(tools.ema, model, tools.ema_decay)
+    return StepOutput(loss.detach(), logits.detach(), lr)
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` for the exponential moving average of its weights."""
+    import copy
+
+    ema = copy.deepcopy(model).eval()
+    return ema.requires_grad_(False)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+def _device_type(model: nn.Module) -> str:
+    return next(model.parameters()).device.type
