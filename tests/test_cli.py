@@ -342,3 +342,30 @@ def test_checkpoint_state_of_the_cli_run(run_dir: Path) -> None:
     state = load_state(run_dir / "checkpoints" / "last")
     assert state["epoch"] == 1 and state["world_size"] == 1
     assert torch.is_tensor(state["rng"][0]["torch"])  # one RNG state per process
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    from compact_transformers import cli
+
+    # the library's own errors: one line, exit 2
+    assert main(["train", *TINY, "--device", "tpu", "--output", str(tmp_path)]) == 2
+    assert "unknown device 'tpu'" in error_line(capsys)
+    bad_yaml = tmp_path / "bad.yml"
+    bad_yaml.write_text("epochs: 3\n  lr: 2\n")
+    assert main(["train", "--config", str(bad_yaml), "--output", str(tmp_path)]) == 2
+    assert f"{bad_yaml}:2:" in error_line(capsys)
+    # an OS error about a file the user named: one line
+    monkeypatch.setattr(cli, "cmd_info", lambda args: open(tmp_path / "absent" / "file"))
+    assert main(["info"]) == 2
+    assert "No such file or directory" in error_line(capsys)
+    # anything else is a bug: the traceback is kept, not turned into a "user error"
+    def buggy(args):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(cli, "cmd_info", buggy)
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        main(["info"])

@@ -187,18 +187,12 @@ class BenchConfig:
             raise ConfigError(f"modes must be a non-empty subset of {MODES}, got {list(self.modes)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.warmup < 1:
-            raise ConfigError(f"warmup must be >= 1 (a warm-up step measures memory), got {self.warmup}")
-        if self.repeats < 1:
-            raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        for name in ("warmup", "repeats", "steps", "threads", "accuracy_epochs"):  # (warmup: it measures memory)
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.time_to_accuracy is not None and not 0 < self.time_to_accuracy <= 100:
             raise ConfigError(f"time_to_accuracy is a val top-1 in percent (0, 100], got {self.time_to_accuracy}")
-        if self.accuracy_epochs < 1:
-            raise ConfigError(f"accuracy_epochs must be >= 1, got {self.accuracy_epochs}")
 
     def variant_list(self) -> list[Variant]:
         """The variants to run: the requested ones, then their compiled copies with ``compile``."""

@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from compact_transformers.training.recipe import TrainConfig
-from compact_transformers.training.schedule import LRSchedule, lr_at
+from compact_transformers.training.schedule import LRSchedule, ScheduleShape
 
 SPE = 7  # steps per epoch
 KW = dict(steps_per_epoch=SPE, epochs=30, lr=1e-3, min_lr=1e-5, warmup_epochs=4, warmup_lr=1e-6, cooldown_epochs=6)
+
+
+def lr_at(step: int, **shape: object) -> float:
+    return ScheduleShape(**shape).lr_at(step)
 
 
 def rate(step: int, sched: str = "cosine") -> float:
@@ -69,7 +73,7 @@ def make_optimizer() -> torch.optim.Optimizer:
 
 def test_lr_schedule_sets_every_param_group():
     opt = make_optimizer()
-    sched = LRSchedule(opt, sched="cosine", **KW)
+    sched = LRSchedule(opt, ScheduleShape(sched="cosine", **KW))
     assert all(g["lr"] == pytest.approx(1e-6) for g in opt.param_groups)  # step 0 set on construction
     sched.step(4 * SPE)
     assert all(g["lr"] == pytest.approx(1e-3) for g in opt.param_groups)
@@ -77,12 +81,12 @@ def test_lr_schedule_sets_every_param_group():
 
 
 def test_lr_schedule_state_round_trip():
-    sched = LRSchedule(make_optimizer(), sched="cosine", **KW)
+    sched = LRSchedule(make_optimizer(), ScheduleShape(sched="cosine", **KW))
     for _ in range(50):
         sched.step()
     state = sched.state_dict()
     opt2 = make_optimizer()
-    sched2 = LRSchedule(opt2, sched="cosine", **KW)
+    sched2 = LRSchedule(opt2, ScheduleShape(sched="cosine", **KW))
     sched2.load_state_dict(state)
     assert sched2.last_step == 50 and opt2.param_groups[0]["lr"] == pytest.approx(rate(50))
     assert sched2.step() == pytest.approx(sched.step())

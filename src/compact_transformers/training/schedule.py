@@ -11,102 +11,84 @@ The rate is computed per optimizer step, so warmup and decay are smooth within a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from compact_transformers.training.recipe import SCHEDULES
-
-if TYPE_CHECKING:
-    from compact_transformers.training.recipe import TrainConfig
+from .recipe import SCHEDULES, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
-def _check_schedule(
-    *, steps_per_epoch: int, epochs: int, warmup_epochs: float, cooldown_epochs: float, sched: str
-) -> None:
-    if sched not in SCHEDULES:
-        raise ValueError(f"sched must be one of {', '.join(SCHEDULES)}, got {sched!r}")
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if warmup_epochs < 0 or cooldown_epochs < 0:
-        raise ValueError(f"warmup_epochs and cooldown_epochs must be >= 0, got {warmup_epochs} and {cooldown_epochs}")
-    if warmup_epochs + cooldown_epochs > epochs:
-        raise ValueError(
-            f"warmup_epochs ({warmup_epochs}) + cooldown_epochs ({cooldown_epochs}) must be <= epochs ({epochs})"
-        )
+@dataclass(frozen=True)
+class ScheduleShape:
+    """The schedule as a pure function of the step: see the module docstring."""
 
+    steps_per_epoch: int
+    epochs: int
+    lr: float
+    min_lr: float
+    warmup_epochs: float
+    warmup_lr: float
+    cooldown_epochs: float
+    sched: str = "cosine"
 
-def lr_at(
-    step: int,
-    *,
-    steps_per_epoch: int,
-    epochs: int,
-    lr: float,
-    min_lr: float,
-    warmup_epochs: float,
-    warmup_lr: float,
-    cooldown_epochs: float,
-    sched: str,
-) -> float:
-    """Learning rate for optimizer step `step` (0-based); steps past the end get the final rate."""
-    _check_schedule(
-        steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=warmup_epochs,
-        cooldown_epochs=cooldown_epochs, sched=sched,
-    )  # fmt: skip
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    t = step / steps_per_epoch  # position in epochs
-    if t < warmup_epochs:
-        return warmup_lr + (lr - warmup_lr) * t / warmup_epochs
-    if sched == "constant":
-        return lr
-    decay_epochs = epochs - warmup_epochs - cooldown_epochs
-    if t >= warmup_epochs + decay_epochs:
-        return min_lr
-    progress = (t - warmup_epochs) / decay_epochs
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    def __post_init__(self) -> None:
+        if self.sched not in SCHEDULES:
+            raise ValueError(f"sched must be one of {', '.join(SCHEDULES)}, got {self.sched!r}")
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.warmup_epochs < 0 or self.cooldown_epochs < 0:
+            raise ValueError(f"warmup_epochs and cooldown_epochs must be >= 0, got {self.warmup_epochs} and "
+                             f"{self.cooldown_epochs}")  # fmt: skip
+        if self.warmup_epochs + self.cooldown_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) + cooldown_epochs ({self.cooldown_epochs}) "
+                             f"must be <= epochs ({self.epochs})")  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, *, steps_per_epoch: int) -> ScheduleShape:
+        """The schedule of a TrainConfig, peaking at `config.scaled_lr`."""
+        return cls(steps_per_epoch=steps_per_epoch, epochs=config.epochs, lr=config.scaled_lr, min_lr=config.min_lr,
+                   warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                   cooldown_epochs=config.cooldown_epochs, sched=config.sched)  # fmt: skip
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step `step` (0-based); steps past the end get the final rate."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        t = step / self.steps_per_epoch  # position in epochs
+        if t < self.warmup_epochs:
+            return self.warmup_lr + (self.lr - self.warmup_lr) * t / self.warmup_epochs
+        if self.sched == "constant":
+            return self.lr
+        decay_epochs = self.epochs - self.warmup_epochs - self.cooldown_epochs
+        if t >= self.warmup_epochs + decay_epochs:
+            return self.min_lr
+        progress = (t - self.warmup_epochs) / decay_epochs
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
 class LRSchedule:
-    """Sets `param_group['lr']` of an optimizer from `lr_at`; call `step(i)` before optimizer step i.
+    """Sets `param_group['lr']` of an optimizer from a `ScheduleShape`; call `step(i)` before optimizer step i.
 
     Construction already sets the rate of step 0. The schedule is a pure function of the step, so the
-    only state is the last step; `load_state_dict` restores it and keeps this object's hyperparameters
-    (a resumed run may change e.g. the epochs).
+    only state is the last step; `load_state_dict` restores it and keeps this object's shape (a resumed
+    run may change e.g. the epochs).
     """
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        *,
-        steps_per_epoch: int,
-        epochs: int,
-        lr: float,
-        min_lr: float,
-        warmup_epochs: float,
-        warmup_lr: float,
-        cooldown_epochs: float,
-        sched: str,
-    ) -> None:
-        _check_schedule(
-            steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=warmup_epochs,
-            cooldown_epochs=cooldown_epochs, sched=sched,
-        )  # fmt: skip
+    def __init__(self, optimizer: torch.optim.Optimizer, shape: ScheduleShape) -> None:
         self.optimizer = optimizer
-        self.steps_per_epoch = steps_per_epoch
-        self.epochs = epochs
-        self.lr = lr
-        self.min_lr = min_lr
-        self.warmup_epochs = warmup_epochs
-        self.warmup_lr = warmup_lr
-        self.cooldown_epochs = cooldown_epochs
-        self.sched = sched
+        self.shape = shape
         self.last_step = -1
         self.last_lr = float("nan")
         self.step(0)
@@ -114,40 +96,20 @@ class LRSchedule:
     @classmethod
     def from_config(cls, optimizer: torch.optim.Optimizer, config: TrainConfig, *, steps_per_epoch: int) -> LRSchedule:
         """The schedule of a TrainConfig, peaking at `config.scaled_lr`."""
-        return cls(
-            optimizer,
-            steps_per_epoch=steps_per_epoch,
-            epochs=config.epochs,
-            lr=config.scaled_lr,
-            min_lr=config.min_lr,
-            warmup_epochs=config.warmup_epochs,
-            warmup_lr=config.warmup_lr,
-            cooldown_epochs=config.cooldown_epochs,
-            sched=config.sched,
-        )
+        return cls(optimizer, ScheduleShape.from_config(config, steps_per_epoch=steps_per_epoch))
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return self.shape.total_steps
 
     def lr_at(self, step: int) -> float:
         """The rate of step `step` under this schedule (changes nothing)."""
-        return lr_at(
-            step,
-            steps_per_epoch=self.steps_per_epoch,
-            epochs=self.epochs,
-            lr=self.lr,
-            min_lr=self.min_lr,
-            warmup_epochs=self.warmup_epochs,
-            warmup_lr=self.warmup_lr,
-            cooldown_epochs=self.cooldown_epochs,
-            sched=self.sched,
-        )
+        return self.shape.lr_at(step)
 
     def step(self, step_index: int | None = None) -> float:
         """Set every param group's rate to that of `step_index` (default: the step after the last); return it."""
         step_index = self.last_step + 1 if step_index is None else step_index
-        rate = self.lr_at(step_index)
+        rate = self.shape.lr_at(step_index)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
         self.last_step = step_index
@@ -155,22 +117,13 @@ class LRSchedule:
         return rate
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "last_step": self.last_step,
-            "steps_per_epoch": self.steps_per_epoch,
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "min_lr": self.min_lr,
-            "warmup_epochs": self.warmup_epochs,
-            "warmup_lr": self.warmup_lr,
-            "cooldown_epochs": self.cooldown_epochs,
-            "sched": self.sched,
-        }
+        return {"last_step": self.last_step, **dataclasses.asdict(self.shape)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "last_step" not in state:
             raise ValueError(f"not an LRSchedule state: expected a 'last_step' key, got keys {sorted(state)}")
-        changed = {k: (v, getattr(self, k)) for k, v in state.items() if k != "last_step" and getattr(self, k, v) != v}
+        shape = dataclasses.asdict(self.shape)
+        changed = {k: (v, shape[k]) for k, v in state.items() if k in shape and shape[k] != v}
         if changed:
             logger.info("schedule differs from the saved one (saved, now): %s", changed)
         self.step(int(state["last_step"]))

@@ -1,0 +1,93 @@
+"""THE training step: one function for the loop, the time-budget probe and `cct bench`; any modality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compact_transformers.augment import TrainAugment
+from compact_transformers.benchmark import VARIANTS, ModelSpec, build_step
+from compact_transformers.errors import DivergedError
+from compact_transformers.models import create_model
+from compact_transformers.training import budget, build, loop
+from compact_transformers.training import step as step_module
+from compact_transformers.training.recipe import TrainConfig, apply_recipe
+from compact_transformers.training.step import Batch, build_step_tools, train_step
+
+
+def tiny_config(output: Path, **changes: object) -> TrainConfig:
+    config = apply_recipe(TrainConfig(), "digits", epochs=1)
+    return config.replace(samples_per_class=5, batch_size=16, output=str(output), quiet=True, device="cpu", **changes)
+
+
+def test_loop_probe_and_bench_call_the_same_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = step_module.train_step
+    # each caller holds the step module's own function, not a copy of its own
+    assert loop.train_step is original and budget.train_step is original
+    calls: list[tuple[str, step_module.StepTools]] = []
+
+    def recording(model, batch, tools, step):  # the same function, counted per caller
+        calls.append((caller, tools))
+        return original(model, batch, tools, step)
+
+    for module in (step_module, loop, budget):
+        monkeypatch.setattr(module, "train_step", recording)
+    config = tiny_config(tmp_path, mixup=0.8, cutmix=1.0, aa="rand-m9-mstd0.5-inc1")
+
+    caller = "loop"
+    loop.train(config.replace(name="run"))
+    caller = "probe"
+    estimate = budget.estimate_epoch_seconds(config, build.load_training_data(config), probe_steps=4)
+    caller = "bench"
+    build_step(ModelSpec("cct_2_3x2_32", (16, 16), 1), VARIANTS["fast"], "train", 4, torch.device("cpu"),
+               torch.bfloat16)()  # fmt: skip
+
+    by_caller = {name: [tools for who, tools in calls if who == name] for name in ("loop", "probe", "bench")}
+    assert len(by_caller["loop"]) == 3 and len(by_caller["probe"]) == 4 and len(by_caller["bench"]) == 1
+    assert estimate.train_seconds > 0 and estimate.eval_seconds > 0
+    # the probe times the run's own step: its augmentation and mixing, not a stripped-down one
+    for name in ("loop", "probe", "bench"):
+        tools = by_caller[name][0]
+        assert isinstance(tools.augment, TrainAugment) and tools.augment.config.randaugment is not None, name
+        assert tools.mixer is not None and tools.mixer.mixup_alpha == 0.8, name
+
+
+def test_a_text_batch_with_a_mask_goes_through_the_same_step() -> None:
+    torch.manual_seed(0)
+    model = create_model("text_cct_2_1x1", vocab_size=40, word_dim=16, seq_len=12, num_classes=3)
+    config = TrainConfig(batch_size=8, lr=1e-3, lr_base_batch=8, warmup_epochs=0, cooldown_epochs=0, epochs=5,
+                         mixup=0.0, cutmix=0.0)  # fmt: skip
+    tools = build_step_tools(model, config, num_classes=3, steps_per_epoch=10, augment=None)
+    ids = torch.randint(2, 40, (8, 12))
+    mask = torch.arange(12)[None, :] < torch.randint(3, 13, (8, 1))
+    ids[~mask] = 1  # padding
+    batch = Batch(ids, torch.randint(0, 3, (8,)), mask)
+    losses = [train_step(model, batch, tools, step).loss.item() for step in range(30)]
+    assert losses[-1] < 0.5 * losses[0]  # it learns the batch
+    assert tools.mixer is None  # no mixing of token ids
+
+
+def test_mixing_switched_off_gives_smoothed_one_hot_targets() -> None:
+    torch.manual_seed(0)
+    model = create_model("cct_2_3x2_32", img_size=16, in_chans=1, num_classes=4)
+    config = TrainConfig(mixup=0.8, cutmix=1.0, smoothing=0.1, aa=None)
+    augment = TrainAugment(build.make_augment_config(config, (16, 16), (0.5,), (0.25,)))
+    tools = build_step_tools(model, config, num_classes=4, steps_per_epoch=1, augment=augment)
+    seen = []
+    tools.criterion.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    batch = Batch(torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8), torch.tensor([0, 1, 2, 3, 0, 1]))
+    tools.mixer.enabled = False
+    train_step(model, batch, tools, 0)
+    assert torch.allclose(seen[0], torch.nn.functional.one_hot(batch.labels, 4) * 0.9 + 0.025)
+
+
+def test_a_diverged_loss_is_a_user_error_naming_the_learning_rate() -> None:
+    model = create_model("cct_2_3x2_32", img_size=16, in_chans=1, num_classes=4)
+    tools = build_step_tools(model, TrainConfig(aa=None), num_classes=4, steps_per_epoch=1, augment=None)
+    with torch.no_grad():
+        model.classifier.fc.bias.fill_(float("nan"))
+    batch = Batch(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(DivergedError, match="lower --lr"):
+        train_step(model, batch, tools, 0)
