@@ -2,6 +2,7 @@
 
     python benchmarks/bench_augment.py                # batch 128, 2 threads, 28x28x1 and 32x32x3
     python benchmarks/bench_augment.py --mallopt      # keep freed memory in the heap (fewer page faults)
+    python benchmarks/bench_augment.py --no-kornia    # ours only (kornia comes with the `bench` extra)
 
 Each row is the median (and min) over --repeats timed calls after --warmup calls. Wall-clock
 time; on a shared machine compare the min column too. The kornia rows are the closest kornia

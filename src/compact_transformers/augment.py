@@ -31,6 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+from .models.config import as_size_pair
+
 # -----------------------------------------------------------------------------
 # RandAugment spec string ("rand-m9-n2-mstd0.5-inc1", parts after "rand" in any order)
 
@@ -55,18 +58,18 @@ def parse_randaugment(spec: str) -> RandAugmentSpec:
         raise TypeError(f"randaugment must be a string like {_RA_FORMAT}, got {type(spec).__name__}")
     parts = spec.strip().split("-")
     if parts[0] != "rand":
-        raise ValueError(f"malformed randaugment string {spec!r}: expected {_RA_FORMAT}")
+        raise ConfigError(f"malformed randaugment string {spec!r}: expected {_RA_FORMAT}")
     values = {}
     for part in parts[1:]:
         # longer keys first so that "mstd"/"mmax" are not read as "m"
         key = next((k for k in ("mstd", "mmax", "inc", "m", "n", "p") if part.startswith(k)), None)
         if key is None or key in values:
-            raise ValueError(f"malformed randaugment string {spec!r} at {part!r}: expected {_RA_FORMAT}")
+            raise ConfigError(f"malformed randaugment string {spec!r} at {part!r}: expected {_RA_FORMAT}")
         text = part[len(key):]
         try:
             values[key] = float(text)
         except ValueError:
-            raise ValueError(f"malformed randaugment string {spec!r} at {part!r}: expected {_RA_FORMAT}") from None
+            raise ConfigError(f"malformed randaugment string {spec!r} at {part!r}: expected {_RA_FORMAT}") from None
     result = RandAugmentSpec(
         num_ops=int(values.get("n", 2)),
         magnitude=values.get("m", 9.0),
@@ -76,11 +79,11 @@ def parse_randaugment(spec: str) -> RandAugmentSpec:
         prob=values.get("p", 0.5),
     )
     if values.get("n", 2) != result.num_ops or result.num_ops < 0 or values.get("inc", 0.0) not in (0.0, 1.0):
-        raise ValueError(
+        raise ConfigError(
             f"malformed randaugment string {spec!r}: n must be an integer >= 0 and inc 0 or 1; expected {_RA_FORMAT}"
         )
     if not (result.magnitude >= 0 and result.magnitude_std >= 0 and result.magnitude_max > 0 and 0 <= result.prob <= 1):
-        raise ValueError(f"randaugment string {spec!r}: need m >= 0, mstd >= 0, mmax > 0 and 0 <= p <= 1")
+        raise ConfigError(f"randaugment string {spec!r}: need m >= 0, mstd >= 0, mmax > 0 and 0 <= p <= 1")
     return result
 
 
@@ -104,28 +107,28 @@ class AugmentConfig:
     interpolation: str = "bilinear"  # "bilinear", "bicubic" or "nearest"
 
     def __post_init__(self) -> None:
-        size = (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-            raise ValueError(f"image_size must be (height, width) of positive ints, got {self.image_size!r}")
+        size = as_size_pair(self.image_size)
+        if size is None or min(size) < 1:
+            raise ConfigError(f"image_size must be (height, width) of positive ints, got {self.image_size!r}")
         self.image_size = size
         self.mean, self.std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
         if len(self.mean) == 0 or len(self.mean) != len(self.std):
-            raise ValueError(f"mean and std must have one value per channel, got mean={self.mean} std={self.std}")
+            raise ConfigError(f"mean and std must have one value per channel, got mean={self.mean} std={self.std}")
         if min(self.std) <= 0:
-            raise ValueError(f"std values must be > 0, got {self.std}")
+            raise ConfigError(f"std values must be > 0, got {self.std}")
         if not (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1):
-            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {self.scale}")
+            raise ConfigError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {self.scale}")
         if not (len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1]):
-            raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
+            raise ConfigError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
         for name in ("hflip", "reprob"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if isinstance(self.translate, bool) or not (
             isinstance(self.translate, int) and 0 <= self.translate < min(self.image_size)
         ):
-            raise ValueError(f"translate must be whole pixels in [0, {min(self.image_size)}), got {self.translate!r}")
+            raise ConfigError(f"translate must be whole pixels in [0, {min(self.image_size)}), got {self.translate!r}")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise ValueError(f"interpolation must be 'bilinear', 'bicubic' or 'nearest', got {self.interpolation!r}")
+            raise ConfigError(f"interpolation must be 'bilinear', 'bicubic' or 'nearest', got {self.interpolation!r}")
         if self.randaugment is not None:
             parse_randaugment(self.randaugment)  # fail early on a malformed string
 
@@ -467,7 +470,7 @@ class TrainAugment(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _check_images(images, len(self.config.mean))
         if self.randaugment is not None and images.shape[1] not in (1, 3):
-            raise ValueError(f"RandAugment needs 1 or 3 channels, got {images.shape[1]}; set randaugment=None")
+            raise ConfigError(f"RandAugment needs 1 or 3 channels, got {images.shape[1]}; set randaugment=None")
         device_type = images.device.type
         amp_off = contextlib.nullcontext()
         if device_type in ("cpu", "cuda"):
@@ -637,14 +640,14 @@ class MixupCutmix:
         num_classes: int,
     ):
         if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
+            raise ConfigError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
         for name, p in (("prob", prob), ("switch_prob", switch_prob)):
             if not 0 <= p <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {p}")
         if not 0 <= label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.prob, self.switch_prob = prob, switch_prob
         self.label_smoothing, self.num_classes = label_smoothing, num_classes

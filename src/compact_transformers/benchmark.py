@@ -757,6 +757,7 @@ def _name_list(text: str) -> tuple[str, ...]:
 _PARSERS: dict[str, Callable[[str], object]] = {
     "tuple[str, ...]": _name_list, "tuple[int, ...]": _int_list, "int": int, "float": float, "str": str,
 }  # fmt: skip
+_METAVARS = {"tuple[str, ...]": "A,B", "tuple[int, ...]": "N,N", "int": "N", "float": "X", "str": "NAME"}
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -766,12 +767,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         kind = f.type.replace(" | None", "")
         default = getattr(defaults, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f.metadata["help"] + ("" if default is None else f" (default: {shown})".replace("%", "%%"))
+        help_text = f.metadata["help"] + ("" if default in (None, False) else f" (default: {shown})".replace("%", "%%"))
         flag = "--" + f.name.replace("_", "-")
         if kind == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=_PARSERS[kind], default=None, help=help_text,
+            parser.add_argument(flag, type=_PARSERS[kind], default=None, help=help_text, metavar=_METAVARS[kind],
                                 choices=PRECISIONS if f.name == "precision" else None)
     parser.add_argument("--output", help="write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -132,3 +132,17 @@ def test_rectangular_and_single_channel_models_run(name: str) -> None:
     size = gray.config.img_size
     assert gray.tokenizer.conv_layers[0][0].weight.shape[1] == 1
     assert gray(torch.randn(3, 1, *size)).shape == (3, 4)
+
+
+def test_a_malformed_or_foreign_config_json_is_a_checkpoint_error_naming_the_file(tmp_path: Path) -> None:
+    from compact_transformers.errors import CheckpointError
+
+    save_model(create_model("cct_2_3x2_32", img_size=16, in_chans=1, num_classes=3), tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    good = config_path.read_text()
+    for text, reason in (("{not json", "not a valid JSON"), ("[1, 2]", "expected a JSON object"),
+                         (good.replace('"num_layers"', '"num_layerz"'), "does not describe a model")):
+        config_path.write_text(text)
+        with pytest.raises(CheckpointError, match=reason) as error:
+            load_model(tmp_path / "m")
+        assert "config.json" in str(error.value) or str(tmp_path / "m") in str(error.value)

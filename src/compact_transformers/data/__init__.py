@@ -8,17 +8,11 @@ Readers: digits (scikit-learn, no files), cifar10 / cifar100 (python pickles, re
 globals), mnist / fashion_mnist (idx files), flowers102 (jpg/ + .mat files), folder (ImageFolder layout).
 """
 
-from compact_transformers.data.core import (
-    DatasetError,
-    ImageDataset,
-    ImageSplit,
-    channel_mean_std,
-    resize_images,
-    stratified_split,
-    subset_per_class,
-)
-from compact_transformers.data.images import FolderStream
-from compact_transformers.data.load import DATASET_NAMES, detect_dataset, load_dataset
+from ..errors import DatasetError
+from .core import ImageSplit, channel_mean_std, resize_images, stratified_split, subset_per_class
+from .dataset import ImageDataset
+from .images import FolderStream
+from .load import DATASET_NAMES, detect_dataset, load_dataset
 
 __all__ = [
     "DATASET_NAMES",

@@ -1,21 +1,19 @@
-"""In-memory image datasets: the split/dataset containers and the small tensor helpers they need.
+"""In-memory image splits: the `ImageSplit` container and the small tensor helpers that datasets need.
 
-Everything here needs only torch (and numpy through torch); the readers live in `readers.py`.
+Everything here needs only torch (and numpy through torch); the readers live in `readers.py`, the decoding of
+image files in `images.py`, and the `ImageDataset` that holds the splits in `dataset.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import DatasetError
-
-if TYPE_CHECKING:
-    from compact_transformers.data.images import FolderStream
+from ..errors import ConfigError
+from ..models.config import as_size_pair
 
 
 def _describe(t: torch.Tensor | None) -> str:
@@ -23,7 +21,7 @@ def _describe(t: torch.Tensor | None) -> str:
 
 
 # -----------------------------------------------------------------------------
-# containers
+# container
 
 
 @dataclass
@@ -57,68 +55,17 @@ class ImageSplit:
 
     def select(self, indices: torch.Tensor | Sequence[int]) -> ImageSplit:
         """A new split holding the samples at `indices` (in that order)."""
-        idx = _as_index(indices, len(self))
+        idx = as_index(indices, len(self))
         images = None if self.images is None else self.images.index_select(0, idx)
         return ImageSplit(images=images, labels=self.labels.index_select(0, idx))
-
-
-@dataclass
-class ImageDataset:
-    """A dataset in memory. `val` is the split for model selection; `test` is an extra held-out split or None.
-
-    `mean`/`std` are per channel in [0, 1] pixel units. `skipped` counts unreadable files that were left out.
-    When the decoded train split would not fit in memory, `train.images` is None and `train_stream`
-    (a `FolderStream`) decodes it lazily instead.
-    """
-
-    name: str
-    train: ImageSplit
-    val: ImageSplit
-    test: ImageSplit | None
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    skipped: int = 0
-    train_stream: FolderStream | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def in_chans(self) -> int:
-        if self.train.images is None and self.train_stream is not None:
-            return self.train_stream.in_chans
-        return int(self._some_images().shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) of every image."""
-        if self.train.images is None and self.train_stream is not None:
-            return self.train_stream.image_size
-        images = self._some_images()
-        return int(images.shape[2]), int(images.shape[3])
-
-    def _some_images(self) -> torch.Tensor:
-        for split in (self.train, self.val, self.test):
-            if split is not None and split.images is not None:
-                return split.images
-        raise DatasetError(f"{self.name}: no split holds images")
-
-    def __repr__(self) -> str:
-        test = "None" if self.test is None else str(len(self.test))
-        return (
-            f"ImageDataset(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, test={test}, "
-            f"num_classes={self.num_classes}, in_chans={self.in_chans}, image_size={self.image_size}, "
-            f"streamed={self.train_stream is not None}, skipped={self.skipped})"
-        )
 
 
 # -----------------------------------------------------------------------------
 # index helpers
 
 
-def _as_index(indices: torch.Tensor | Sequence[int], n: int) -> torch.Tensor:
+def as_index(indices: torch.Tensor | Sequence[int], n: int) -> torch.Tensor:
+    """`indices` into a sequence of length `n` as an int64 (K,) tensor, negative ones counted from the end."""
     idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
     if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
         raise IndexError(f"select: indices must lie in [0, {n}), got range [{int(idx.min())}, {int(idx.max())}]")
@@ -159,17 +106,17 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
 def subset_per_class(labels: torch.Tensor, samples_per_class: int, seed: int) -> torch.Tensor:
     """Indices of `samples_per_class` randomly chosen samples of every class present in `labels` (seeded).
 
-    Raises ValueError if a class has fewer samples than requested. The result is sorted ascending.
+    Raises ConfigError (a ValueError) if a class has fewer samples than requested. The result is sorted ascending.
     """
     _check_labels(labels, "subset_per_class")
     if not isinstance(samples_per_class, int) or samples_per_class < 1:
-        raise ValueError(f"subset_per_class: samples_per_class must be a positive int, got {samples_per_class!r}")
+        raise ConfigError(f"subset_per_class: samples_per_class must be a positive int, got {samples_per_class!r}")
     gen = torch.Generator().manual_seed(seed)
     parts = []
     for c in torch.unique(labels).tolist():
         members = (labels == c).nonzero().flatten()
         if members.numel() < samples_per_class:
-            raise ValueError(
+            raise ConfigError(
                 f"subset_per_class: class {c} has {members.numel()} samples, fewer than the "
                 f"{samples_per_class} requested"
             )
@@ -187,14 +134,11 @@ def parse_image_size(image_size: int | tuple[int, int] | Sequence[int] | None) -
     """Normalize an int or (H, W) pair to (H, W); None stays None."""
     if image_size is None:
         return None
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        size = (image_size, image_size)
-    elif isinstance(image_size, Sequence) and len(image_size) == 2 and all(isinstance(s, int) for s in image_size):
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        raise ValueError(f"image_size: expected an int or an (H, W) pair of ints, got {image_size!r}")
+    size = as_size_pair(image_size)
+    if size is None:
+        raise ConfigError(f"image_size: expected an int or an (H, W) pair of ints, got {image_size!r}")
     if min(size) < 1:
-        raise ValueError(f"image_size: expected positive sizes, got {image_size!r}")
+        raise ConfigError(f"image_size: expected positive sizes, got {image_size!r}")
     return size
 
 

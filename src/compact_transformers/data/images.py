@@ -15,9 +15,10 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from compact_transformers.data.core import DatasetError, _as_index
+from ..errors import DatasetError
+from .core import as_index
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -31,7 +32,7 @@ def read_header(path: Path) -> tuple[str, tuple[int, int]] | None:
         with Image.open(path) as im:
             return im.mode, (im.height, im.width)
     except Exception as err:  # Pillow raises many types for bad files; any of them means "skip this file"
-        log.warning("skipping unreadable image %s: %s", path, err)
+        logger.warning("skipping unreadable image %s: %s", path, err)
         return None
 
 
@@ -80,7 +81,7 @@ def decode_files(
         try:
             return decode_image(path, size, mode)
         except Exception as err:  # a corrupt file must not stop the whole dataset
-            log.warning("skipping unreadable image %s: %s", path, err)
+            logger.warning("skipping unreadable image %s: %s", path, err)
             return None
 
     workers = workers or min(8, os.cpu_count() or 1)
@@ -125,14 +126,14 @@ class FolderStream(torch.utils.data.Dataset):
             try:
                 arr = decode_image(self.files[i], self.image_size, self.mode)
             except Exception as err:  # skip to the next file rather than crash a training epoch
-                log.warning("skipping unreadable image %s: %s", self.files[i], err)
+                logger.warning("skipping unreadable image %s: %s", self.files[i], err)
                 continue
             return _to_chw(arr), int(self.labels[i])
         raise DatasetError(f"FolderStream: no readable image among the {min(n, 16)} files from index {index}")
 
     def select(self, indices: torch.Tensor | Sequence[int]) -> FolderStream:
         """A stream over the files at `indices`."""
-        idx = _as_index(indices, len(self))
+        idx = as_index(indices, len(self))
         return FolderStream(
             [self.files[i] for i in idx.tolist()], self.labels.index_select(0, idx), self.image_size, self.mode
         )

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import torch
 
-from compact_transformers.data.core import (
-    DatasetError,
-    ImageDataset,
-    ImageSplit,
-    channel_mean_std,
-    parse_image_size,
-    resize_images,
-    stratified_split,
-)
-from compact_transformers.data.images import decode_files
-from compact_transformers.data.readers import (
+from ..errors import ConfigError, DatasetError
+from ..models.stats import DATASET_STATS
+from .core import ImageSplit, channel_mean_std, parse_image_size, resize_images, stratified_split
+from .dataset import ImageDataset
+from .images import decode_files
+from .readers import (
     RawDataset,
     find_idx_file,
     read_cifar,
@@ -29,15 +24,13 @@ from compact_transformers.data.readers import (
     read_mnist,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "flowers102", "folder")
 
-# Constants of the reference recipe (paper-notes); everything else is measured on the train split.
-KNOWN_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-}
+# The datasets normalized with the reference recipe's constants (paper-notes); every other dataset's
+# statistics are measured on its train split.
+KNOWN_STATS = {name: DATASET_STATS[name] for name in ("cifar10", "cifar100")}
 _STREAM_STATS_SAMPLES = 512  # images decoded to estimate mean/std of a streamed train split
 
 
@@ -129,7 +122,7 @@ def load_dataset(
       (`train.images` is None, `train_stream` decodes lazily).
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"load_dataset: val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"load_dataset: val_fraction must be in [0, 1), got {val_fraction}")
     size = parse_image_size(image_size)
     if name is None and path is None:
         raise DatasetError(f"load_dataset: give a dataset name ({', '.join(DATASET_NAMES)}) or a path")
@@ -149,7 +142,7 @@ def load_dataset(
     elif key == "flowers102":
         raw = read_flowers102(data_path, size or (224, 224))
         if val_fraction > 0:
-            log.warning("flowers102 has an official val split; ignoring val_fraction=%s", val_fraction)
+            logger.warning("flowers102 has an official val split; ignoring val_fraction=%s", val_fraction)
     else:
         raw = read_folder(data_path, size, val_fraction, seed, max_memory_bytes)
 

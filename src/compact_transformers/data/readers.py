@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compact_transformers.data.core import DatasetError, ImageSplit, stratified_split
-from compact_transformers.data.images import (
+from ..errors import DatasetError
+from .core import ImageSplit, stratified_split
+from .images import (
     GRAY_MODES,
     IMAGE_EXTENSIONS,
     FolderStream,
@@ -31,7 +32,7 @@ from compact_transformers.data.images import (
     read_header,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_CLASSES = [
@@ -337,7 +338,7 @@ def read_flowers102(path: Path, image_size: tuple[int, int]) -> RawDataset:
         if len(missing) == len(files) and files:
             raise DatasetError(f"flowers102: expected {files[0].name} ... in {path / 'jpg'}")
         for f in missing:
-            log.warning("skipping missing image %s", f)
+            logger.warning("skipping missing image %s", f)
         present = [i for i, f in enumerate(files) if f.is_file()]
         images, kept = decode_files([files[i] for i in present], image_size, "RGB")
         skipped += len(files) - len(kept)
@@ -436,7 +437,7 @@ def read_folder(
         else:  # train/ + test/ only: test/ is the validation split
             lists["val"] = lists.pop("test")
     elif val_fraction > 0:
-        log.warning("folder: %s has an official val/ split; ignoring val_fraction=%s", path, val_fraction)
+        logger.warning("folder: %s has an official val/ split; ignoring val_fraction=%s", path, val_fraction)
 
     def decode(split: str) -> ImageSplit:
         nonlocal skipped
@@ -454,7 +455,7 @@ def read_folder(
         label_tensor = torch.tensor(labels, dtype=torch.int64)
         stream = FolderStream(files, label_tensor, image_size, mode)
         train = ImageSplit(images=None, labels=label_tensor)
-        log.info("folder: %d train images (%.1f GiB decoded) exceed max_memory_bytes; streaming them",
+        logger.info("folder: %d train images (%.1f GiB decoded) exceed max_memory_bytes; streaming them",
                  len(files), len(files) * per_image / 2**30)  # fmt: skip
     else:
         train = decode("train")

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models import CompactTransformer, save_model
 
 EXPORT_FORMATS = ("onnx", "pt2", "safetensors")
@@ -42,9 +43,9 @@ def export_onnx(model: CompactTransformer, path: Path, opset: int = 18) -> Path:
 
 def export_model(model: nn.Module, output: str | Path, fmt: str = "onnx", opset: int = 18) -> Path:
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+        raise ConfigError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     if not isinstance(model, CompactTransformer) and fmt != "safetensors":
-        raise ValueError(f"{fmt} export is for vision models; save text models as safetensors")
+        raise ConfigError(f"{fmt} export is for vision models; save text models as safetensors")
     output = Path(output)
     if fmt == "safetensors":
         return save_model(model, output)

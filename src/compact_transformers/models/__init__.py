@@ -2,6 +2,7 @@
 
 from .complexity import Complexity, complexity, count_macs, count_parameters
 from .presets import PAPER_TABLE, PRESETS, Preset, build_model, get_preset, list_models, resolve_name
+from .stats import DATASET_STATS
 from .text import TextCompactTransformer, TextConfig
 from .vision import CompactTransformer, VisionConfig
 from .weights import (
@@ -17,6 +18,7 @@ __all__ = [
     "CheckpointError",
     "CompactTransformer",
     "Complexity",
+    "DATASET_STATS",
     "PAPER_TABLE",
     "PRESETS",
     "Preset",

@@ -1,15 +1,54 @@
-"""What the vision and text model configs share: JSON round trip and copies with changes."""
+"""What the vision and text model configs share: JSON round trip, copies with changes, and the
+(height, width) convention for sizes given as one int or a pair."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TypeVar
+
+from ..errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound="ModelConfig")
 
 
+def to_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """An int side length or an (H, W) pair, as (H, W)."""
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+def as_size_pair(size: object) -> tuple[int, int] | None:
+    """``to_pair`` of an int or a pair of ints (bools are not sizes); None for anything else.
+
+    For validating a size a user gave: the caller raises its own error for None or for sizes below 1.
+    """
+
+    def is_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if is_int(size) or (isinstance(size, Sequence) and len(size) == 2 and all(is_int(s) for s in size)):
+        return to_pair(size)
+    return None
+
+
 class ModelConfig:
     """Mixin for the model config dataclasses; lists stand in for tuples in ``to_dict`` (JSON-ready)."""
+
+    # The encoder settings that every model config declares (each dataclass with its own defaults), read by
+    # ``TransformerClassifier.from_config``. Bare annotations: they add no dataclass fields here.
+    num_layers: int
+    num_heads: int
+    mlp_ratio: float
+    embed_dim: int
+    num_classes: int
+    positional_embedding: str
+    dropout: float
+    attn_dropout: float
+    drop_path: float
+    attn_impl: str
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -20,7 +59,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+            raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
         return cls(**data)
 
     def replace(self: ConfigT, **changes: object) -> ConfigT:

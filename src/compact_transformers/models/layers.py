@@ -6,13 +6,18 @@ without renaming (``self_attn.qkv``, ``pre_norm``, ``norm1``, ``linear1`` ...).
 
 from __future__ import annotations
 
-import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+from .config import ModelConfig
+
 ATTENTION_IMPLS = ("sdpa", "explicit", "auto")
+
+SizeT = TypeVar("SizeT", int, torch.Tensor)
 
 
 class Attention(nn.Module):
@@ -34,9 +39,9 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
-            raise ValueError(f"embedding dim {dim} must be divisible by num_heads {num_heads}")
+            raise ConfigError(f"embedding dim {dim} must be divisible by num_heads {num_heads}")
         if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+            raise ConfigError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -169,7 +174,7 @@ class TransformerClassifier(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if positional_embedding not in POSITIONAL_EMBEDDINGS:
-            raise ValueError(
+            raise ConfigError(
                 f"positional_embedding must be one of {POSITIONAL_EMBEDDINGS}, got {positional_embedding!r}"
             )
         self.embed_dim = embed_dim
@@ -209,6 +214,27 @@ class TransformerClassifier(nn.Module):
         self.apply(init_reference_weights)
         if positional_embedding == "learnable":
             nn.init.trunc_normal_(self.positional_emb, std=0.2)
+
+    @classmethod
+    def from_config(
+        cls, config: ModelConfig, *, seq_len: int, pooling: str, embed_dim: int | None = None
+    ) -> TransformerClassifier:
+        """The encoder and head that a vision or text model config describes, for ``seq_len`` tokens of
+        width ``embed_dim`` (default ``config.embed_dim``)."""
+        return cls(
+            embed_dim=config.embed_dim if embed_dim is None else embed_dim,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            num_classes=config.num_classes,
+            seq_len=seq_len,
+            pooling=pooling,
+            positional_embedding=config.positional_embedding,
+            dropout=config.dropout,
+            attn_dropout=config.attn_dropout,
+            drop_path=config.drop_path,
+            attn_impl=config.attn_impl,
+        )
 
     def forward_features(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens (B, N, d) -> pooled features (B, d). ``token_mask``: bool (B, N), True = real token."""
@@ -268,7 +294,10 @@ def resize_positional_embedding(
 
 
 def init_reference_weights(module: nn.Module) -> None:
-    """The reference initialisation: trunc-normal(.02) Linear, LayerNorm (1, 0), Kaiming-normal convs."""
+    """The reference initialisation: trunc-normal(.02) Linear, LayerNorm (1, 0), Kaiming-normal convs.
+
+    Every model applies it to its tokenizer and its transformer (``module.apply(init_reference_weights)``).
+    """
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -282,5 +311,6 @@ def init_reference_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return math.floor((size + 2 * padding - kernel) / stride) + 1
+def conv_output_size(size: SizeT, kernel: int, stride: int, padding: int) -> SizeT:
+    """Output length of a convolution or pooling along one axis, for an int or an integer tensor of lengths."""
+    return (size + 2 * padding - kernel) // stride + 1

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..errors import ConfigError
+from .stats import DATASET_STATS
 from .text import TextCompactTransformer, TextConfig
 from .vision import CompactTransformer, VisionConfig
 
@@ -29,11 +31,6 @@ BACKBONES: dict[int, tuple[int, int, float, int]] = {
     16: (16, 6, 3.0, 384),
 }
 TEXT_SIZES = (2, 4, 6)
-
-CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-CIFAR100_STATS = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-FLOWERS_STATS = ((0.4353, 0.3773, 0.2872), (0.2966, 0.2455, 0.2698))
 
 WEIGHTS_ROOT = "https://shi-labs.com/projects/cct/checkpoints"
 
@@ -75,7 +72,7 @@ class Preset:
         known = set(config_class.__dataclass_fields__)
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"create_model({self.name!r}) got unknown option(s) {unknown}; valid options: {sorted(known)}"
             )
         return config_class(**{**self.config, **overrides})
@@ -102,15 +99,19 @@ def _backbone(size: int) -> dict:
 def _vision_presets() -> list[Preset]:
     presets: dict[str, Preset] = {}
 
-    def add(name: str, config: dict, stats=CIFAR10_STATS, paper_row: str | None = None,
+    def add(name: str, config: dict, stats_of: str = "cifar10", paper_row: str | None = None,
             sine_name: str | None = None) -> None:
-        """Register ``name`` (learnable PE) and its sinusoidal twin (``name_sine`` by default)."""
+        """Register ``name`` (learnable PE) and its sinusoidal twin (``name_sine`` by default).
+
+        ``stats_of``: the DATASET_STATS entry whose mean / std the preset normalises with.
+        """
+        mean, std = DATASET_STATS[stats_of]
         for full, pe in ((name, "learnable"), (sine_name or name + "_sine", "sine")):
             weights = _RELEASED_WEIGHTS.get(full)
             presets[full] = Preset(
                 name=full,
                 kind="vision",
-                config={**config, "positional_embedding": pe, "mean": stats[0], "std": stats[1]},
+                config={**config, "positional_embedding": pe, "mean": mean, "std": std},
                 weights_url=f"{WEIGHTS_ROOT}/{weights[0]}" if weights else None,
                 weights_dataset=weights[1] if weights else None,
                 weights_accuracy=weights[2] if weights else None,
@@ -132,14 +133,14 @@ def _vision_presets() -> list[Preset]:
             add(f"cct_{size}_7x2_{img_size}",
                 dict(family="cct", kernel_size=7, n_conv_layers=2, img_size=img_size, num_classes=1000,
                      **backbone),
-                stats=IMAGENET_STATS)
+                stats_of="imagenet")
     # The reference's dataset-specific variants: CIFAR-100 and Flowers-102 heads.
     cct_7_3x1 = dict(family="cct", kernel_size=3, n_conv_layers=1, img_size=32, num_classes=100, **_backbone(7))
-    add("cct_7_3x1_32_c100", cct_7_3x1, stats=CIFAR100_STATS, paper_row="cct_7_3x1_32",
+    add("cct_7_3x1_32_c100", cct_7_3x1, stats_of="cifar100", paper_row="cct_7_3x1_32",
         sine_name="cct_7_3x1_32_sine_c100")
     cct_7x2 = dict(family="cct", kernel_size=7, n_conv_layers=2, num_classes=102)
-    add("cct_7_7x2_224", dict(cct_7x2, img_size=224, **_backbone(7)), stats=FLOWERS_STATS)
-    add("cct_14_7x2_384_fl", dict(cct_7x2, img_size=384, **_backbone(14)), stats=FLOWERS_STATS)
+    add("cct_7_7x2_224", dict(cct_7x2, img_size=224, **_backbone(7)), stats_of="flowers102")
+    add("cct_14_7x2_384_fl", dict(cct_7x2, img_size=384, **_backbone(14)), stats_of="flowers102")
     del presets["cct_14_7x2_384_fl_sine"]
     return list(presets.values())
 
@@ -194,7 +195,7 @@ def resolve_name(name: str) -> str:
         return ALIASES[key]
     close = difflib.get_close_matches(key, list(PRESETS) + list(ALIASES), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `cct info --all` or list_models()"
-    raise ValueError(f"unknown model {name!r}{hint}")
+    raise ConfigError(f"unknown model {name!r}{hint}")
 
 
 def get_preset(name: str) -> Preset:

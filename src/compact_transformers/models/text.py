@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .config import ModelConfig
-from .layers import ATTENTION_IMPLS, TransformerClassifier
-from .tokenizers import TextConvTokenizer
+from .layers import ATTENTION_IMPLS, TransformerClassifier, init_reference_weights
+from .tokenizers import TextConvTokenizer, cct_conv_geometry
 
 TEXT_FAMILIES = ("transformer", "vit_lite", "cvt", "cct")
 
@@ -36,7 +37,7 @@ class TextConfig(ModelConfig):
     num_classes: int = 4
     positional_embedding: str = "sine"
     patch_size: int = 4  # ViT-Lite / CVT
-    kernel_size: int = 2  # CCT; stride / padding None = max(1, k//2 - 1) / max(1, k//2)
+    kernel_size: int = 2  # CCT; stride / padding None = the paper's defaults (tokenizers.cct_conv_geometry)
     conv_stride: int | None = None
     conv_padding: int | None = None
     pool_kernel: int = 2
@@ -50,11 +51,11 @@ class TextConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.family not in TEXT_FAMILIES:
-            raise ValueError(f"text family must be one of {TEXT_FAMILIES}, got {self.family!r}")
+            raise ConfigError(f"text family must be one of {TEXT_FAMILIES}, got {self.family!r}")
         if self.attn_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
+            raise ConfigError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
         if self.family in ("vit_lite", "cvt") and self.seq_len % self.patch_size:
-            raise ValueError(f"seq_len {self.seq_len} must be divisible by patch_size {self.patch_size}")
+            raise ConfigError(f"seq_len {self.seq_len} must be divisible by patch_size {self.patch_size}")
 
 
 class Embedder(nn.Module):
@@ -111,8 +112,7 @@ class TextCompactTransformer(nn.Module):
             is_cct = config.family == "cct"
             if is_cct:
                 kernel = config.kernel_size
-                stride = config.conv_stride if config.conv_stride is not None else max(1, kernel // 2 - 1)
-                padding = config.conv_padding if config.conv_padding is not None else max(1, kernel // 2)
+                stride, padding = cct_conv_geometry(kernel, config.conv_stride, config.conv_padding)
             else:
                 kernel, stride, padding = config.patch_size, config.patch_size, 0
             self.tokenizer = TextConvTokenizer(
@@ -130,21 +130,13 @@ class TextCompactTransformer(nn.Module):
             )
             embed_dim, seq_len = config.embed_dim, int(self.tokenizer.output_length(config.seq_len))
             if seq_len < 1:
-                raise ValueError(f"seq_len {config.seq_len} is too short for this tokenizer")
-            nn.init.kaiming_normal_(self.tokenizer.conv_layers[0].weight)
-        self.classifier = TransformerClassifier(
-            embed_dim=embed_dim,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            num_classes=config.num_classes,
+                raise ConfigError(f"seq_len {config.seq_len} is too short for this tokenizer")
+            self.tokenizer.apply(init_reference_weights)
+        self.classifier = TransformerClassifier.from_config(
+            config,
             seq_len=seq_len,
             pooling="seqpool" if config.family in ("cvt", "cct") else "cls",
-            positional_embedding=config.positional_embedding,
-            dropout=config.dropout,
-            attn_dropout=config.attn_dropout,
-            drop_path=config.drop_path,
-            attn_impl=config.attn_impl,
+            embed_dim=embed_dim,
         )
 
     @property

@@ -6,7 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .layers import conv_output_size
+
+
+def cct_conv_geometry(kernel_size: int, stride: int | None = None, padding: int | None = None) -> tuple[int, int]:
+    """(stride, padding) of a CCT tokenizer conv; None picks the paper's max(1, k//2 - 1) / max(1, k//2)."""
+    if stride is None:
+        stride = max(1, kernel_size // 2 - 1)
+    if padding is None:
+        padding = max(1, kernel_size // 2)
+    return stride, padding
 
 
 class ConvTokenizer(nn.Module):
@@ -35,7 +45,7 @@ class ConvTokenizer(nn.Module):
     ) -> None:
         super().__init__()
         if n_conv_layers < 1:
-            raise ValueError(f"n_conv_layers must be >= 1, got {n_conv_layers}")
+            raise ConfigError(f"n_conv_layers must be >= 1, got {n_conv_layers}")
         self.in_chans = in_chans
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.pool = (pool_kernel, pool_stride, pool_padding) if max_pool else None
@@ -77,13 +87,13 @@ class ConvTokenizer(nn.Module):
 
     def check_input(self, height: int, width: int, channels: int) -> None:
         if channels != self.in_chans:
-            raise ValueError(
+            raise ConfigError(
                 f"input has {channels} channels, the model expects {self.in_chans} "
                 f"(create the model with in_chans={channels})"
             )
         grid_h, grid_w = self.grid_size(height, width)
         if grid_h < 1 or grid_w < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"input {height}x{width} is too small for this tokenizer: it needs at least "
                 f"{self.min_input_size()}x{self.min_input_size()} pixels"
             )
@@ -159,13 +169,12 @@ class TextConvTokenizer(nn.Module):
         """Valid outputs of the convolution for ``length`` valid inputs."""
         if self.keep_partial_patch:
             return (length + self.stride - 1) // self.stride
-        return (length + 2 * self.padding - self.kernel_size) // self.stride + 1
+        return conv_output_size(length, self.kernel_size, self.stride, self.padding)
 
     def output_length(self, length: torch.Tensor | int) -> torch.Tensor | int:
         length = self.conv_length(length)
         if self.pool is not None:
-            kernel, stride, padding = self.pool
-            length = (length + 2 * padding - kernel) // stride + 1
+            length = conv_output_size(length, *self.pool)
         return length
 
     def forward(

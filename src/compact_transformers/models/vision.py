@@ -13,18 +13,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .layers import ATTENTION_IMPLS, TransformerClassifier
-from .tokenizers import ConvTokenizer, patch_embed
+from ..errors import ConfigError
+from .config import ModelConfig, to_pair  # to_pair is also imported from here (training)
+from .layers import ATTENTION_IMPLS, TransformerClassifier, init_reference_weights
+from .stats import DATASET_STATS
+from .tokenizers import ConvTokenizer, cct_conv_geometry, patch_embed
 
 FAMILIES = ("vit_lite", "cvt", "cct")
-
-
-def to_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    height, width = size
-    return (int(height), int(width))
 
 
 @dataclass
@@ -42,7 +37,7 @@ class VisionConfig(ModelConfig):
     positional_embedding: str = "learnable"
     # ViT-Lite / CVT
     patch_size: int = 4
-    # CCT tokenizer; stride / padding None = the paper's max(1, k//2 - 1) / max(1, k//2)
+    # CCT tokenizer; stride / padding None = the paper's defaults (tokenizers.cct_conv_geometry)
     kernel_size: int = 3
     n_conv_layers: int = 1
     conv_stride: int | None = None
@@ -57,32 +52,24 @@ class VisionConfig(ModelConfig):
     drop_path: float = 0.1
     attn_impl: str = "auto"
     # preprocessing metadata (not part of the network)
-    mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
-    std: tuple[float, ...] = (0.2470, 0.2435, 0.2616)
+    mean: tuple[float, ...] = DATASET_STATS["cifar10"][0]
+    std: tuple[float, ...] = DATASET_STATS["cifar10"][1]
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.img_size = to_pair(self.img_size)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+            raise ConfigError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.attn_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
+            raise ConfigError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
         for name in ("num_layers", "num_heads", "embed_dim", "in_chans", "patch_size", "kernel_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+            raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if min(self.img_size) < 1:
-            raise ValueError(f"img_size must be positive, got {self.img_size}")
-
-    @property
-    def stride(self) -> int:
-        return self.conv_stride if self.conv_stride is not None else max(1, self.kernel_size // 2 - 1)
-
-    @property
-    def padding(self) -> int:
-        return self.conv_padding if self.conv_padding is not None else max(1, self.kernel_size // 2)
+            raise ConfigError(f"img_size must be positive, got {self.img_size}")
 
 
 class CompactTransformer(nn.Module):
@@ -92,12 +79,13 @@ class CompactTransformer(nn.Module):
         super().__init__()
         self.config = config
         if config.family == "cct":
+            stride, padding = cct_conv_geometry(config.kernel_size, config.conv_stride, config.conv_padding)
             self.tokenizer = ConvTokenizer(
                 in_chans=config.in_chans,
                 embed_dim=config.embed_dim,
                 kernel_size=config.kernel_size,
-                stride=config.stride,
-                padding=config.padding,
+                stride=stride,
+                padding=padding,
                 n_conv_layers=config.n_conv_layers,
                 conv_width=config.conv_width,
                 pool_kernel=config.pool_kernel,
@@ -107,28 +95,19 @@ class CompactTransformer(nn.Module):
         else:
             height, width = config.img_size
             if height % config.patch_size or width % config.patch_size:
-                raise ValueError(
+                raise ConfigError(
                     f"img_size {height}x{width} must be divisible by patch_size {config.patch_size}"
                 )
             self.tokenizer = patch_embed(config.in_chans, config.embed_dim, config.patch_size)
         height, width = config.img_size
         self.tokenizer.check_input(height, width, config.in_chans)
         self.grid_size = self.tokenizer.grid_size(height, width)
-        self.classifier = TransformerClassifier(
-            embed_dim=config.embed_dim,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            num_classes=config.num_classes,
+        self.classifier = TransformerClassifier.from_config(
+            config,
             seq_len=self.grid_size[0] * self.grid_size[1],
             pooling="cls" if config.family == "vit_lite" else "seqpool",
-            positional_embedding=config.positional_embedding,
-            dropout=config.dropout,
-            attn_dropout=config.attn_dropout,
-            drop_path=config.drop_path,
-            attn_impl=config.attn_impl,
         )
-        self.tokenizer.apply(_init_conv)
+        self.tokenizer.apply(init_reference_weights)
 
     @property
     def num_tokens(self) -> int:
@@ -153,19 +132,7 @@ class CompactTransformer(nn.Module):
         head: nn.Module = nn.Identity()
         if num_classes > 0:
             head = nn.Linear(self.config.embed_dim, num_classes)
-            nn.init.trunc_normal_(head.weight, std=0.02)
-            nn.init.zeros_(head.bias)
+            init_reference_weights(head)
         device = self.classifier.norm.weight.device
         self.classifier.fc = head.to(device)
         self.config = self.config.replace(num_classes=num_classes)
-
-    def no_weight_decay(self) -> set[str]:
-        """Names of parameters that the paper's recipe keeps out of weight decay (besides 1-D ones)."""
-        return {name for name, _ in self.named_parameters() if name.endswith(("positional_emb", "class_emb"))}
-
-
-def _init_conv(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

@@ -14,7 +14,6 @@ import os
 import pickle
 import urllib.request
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from ..errors import CheckpointError
 from ..fileio import atomic_write
 from .layers import resize_positional_embedding, sinusoidal_table
 from .presets import build_model, get_preset
-from .text import TextCompactTransformer, TextConfig
+from .text import TextConfig
 from .vision import CompactTransformer, VisionConfig
 
 logger = logging.getLogger(__name__)
@@ -79,16 +78,30 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
         config_path = path / CONFIG_FILE
         if not weights_path.exists():
             raise CheckpointError(f"no {WEIGHTS_FILE} in {path}: expected a directory written by save_model")
-        config = json.loads(config_path.read_text()) if config_path.exists() else _safetensors_config(weights_path)
+        config = _read_config(config_path) if config_path.exists() else _safetensors_config(weights_path)
     else:
         weights_path = path
         config = _safetensors_config(weights_path)
     if config is None:
         raise CheckpointError(f"{path} has no model config (config.json or safetensors metadata); "
                               "use create_model(name, pretrained=path) instead")
-    model = build_model(config_from_dict(config))
+    try:
+        model_config = config_from_dict(config)
+    except (ValueError, TypeError) as error:  # keys or values that no model of this version has
+        raise CheckpointError(f"{path}: its model config does not describe a model: {error}") from None
+    model = build_model(model_config)
     load_weights(model, read_state_dict(weights_path), source=str(weights_path))
     return model.to(device)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not a valid JSON model config ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of model settings, got {type(config).__name__}")
+    return config
 
 
 def _safetensors_config(path: Path) -> dict | None:
@@ -100,7 +113,10 @@ def _safetensors_config(path: Path) -> dict | None:
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({error})") from None
     text = metadata.get(_CONFIG_METADATA_KEY)
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: its model config metadata is not valid JSON ({error})") from None
 
 
 # --------------------------------------------------------------------------------------------- reading
