@@ -72,7 +72,7 @@ RESUMABLE = ("epochs", "quiet", "time_limit", "device", "compile", "workers")
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.budget import TimeBudget
-    from .training.build import load_training_data
+    from .training.build import is_text_data, load_training_data
     from .training.loop import train
     from .training.recipe import ConfigSource, explicit_args, pick_recipe
     from .training.rundir import load_run_config
@@ -93,7 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(config, run_dir=Path(args.resume), resume=True, budget=budget)
     else:
         from_file = load_yaml_config(args.config) if args.config else {}
-        source = ConfigSource(pick_recipe(args.recipe, {**from_file, **given}), from_file, given)
+        merged = {**from_file, **given}
+        text = is_text_data(merged.get("dataset"), merged.get("data"))
+        source = ConfigSource(pick_recipe(args.recipe, merged, text=text), from_file, given)
         config, budget, data = source.resolve(), None, None
         if config.time_limit is not None:  # plan epochs (and the recipe's strength) for the budget
             budget = TimeBudget(config.time_limit, start=started)
@@ -143,21 +145,45 @@ def _flip_tta(config, args: argparse.Namespace) -> bool:
     return bool(config.extra.get("flip_tta", False)) and not getattr(args, "no_flip_tta", False)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _eval_data(args: argparse.Namespace, config, run_dir: Path | None):
+    """The dataset to evaluate on: the one the model was trained on, split as in its run, unless options say
+    otherwise. A text model brings its own vocabulary and class list."""
     from .data import load_dataset
-    from .training.metrics import evaluate
+    from .data.text import Vocabulary, load_text_dataset
+
+    extra = config.extra
+    data_path = args.data or extra.get("data")
+    if data_path is None and run_dir is not None and (run_dir / "config.yaml").exists():
+        from .training.rundir import load_run_config
+
+        data_path = load_run_config(run_dir).data  # the path the run was trained on
+    dataset_name = args.dataset or (None if args.data else extra.get("dataset"))
+    # the run's split of the data by default, so that its training samples never count as validation
+    val_fraction = args.val_fraction if args.val_fraction is not None else extra.get("val_fraction", 0.0)
+    seed = args.seed if args.seed is not None else extra.get("seed", 0)
+    if "vocab" in extra:
+        if data_path is None:
+            raise CliError("give the text dataset's files with --data")
+        return load_text_dataset(
+            dataset_name, data_path, val_fraction=val_fraction, seed=seed, seq_len=config.seq_len,
+            vocab=Vocabulary.from_dict(extra["vocab"]), classes=extra.get("classes"),
+            text_column=extra.get("text_column", "text"), label_column=extra.get("label_column", "label"),
+            trec_fine=extra.get("trec_fine", False),
+        )  # fmt: skip
+    return load_dataset(dataset_name, data_path, val_fraction=val_fraction, seed=seed,
+                        image_size=config.img_size if dataset_name in ("folder", "flowers102", None) else None)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data.text import TextDataset
+    from .training.metrics import evaluate, evaluate_text
     from .training.plots import plot_confusion
     from .training.runtime import autocast_dtype, prepare_model, select_device, tune_cpu
 
     tune_cpu()
     model, run_dir = _load_for_inference(args.model)
     config = model.config
-    dataset_name = args.dataset or (None if args.data else config.extra.get("dataset"))
-    # the run's split of the data by default, so that its training images never count as validation
-    val_fraction = args.val_fraction if args.val_fraction is not None else config.extra.get("val_fraction", 0.0)
-    seed = args.seed if args.seed is not None else config.extra.get("seed", 0)
-    data = load_dataset(dataset_name, args.data, val_fraction=val_fraction, seed=seed,
-                        image_size=config.img_size if dataset_name in ("folder", "flowers102", None) else None)
+    data = _eval_data(args, config, run_dir)
     split = data.test if args.split == "test" else data.val
     if split is None:
         split, args.split = data.val, "val"
@@ -165,10 +191,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"the model has {config.num_classes} classes, the dataset {data.name} {data.num_classes}")
     device = select_device(args.device)
     model = prepare_model(model, device)
-    transform = _eval_transform(config)
-    flip_tta = _flip_tta(config, args)
-    result = evaluate(model, split.images.to(device), split.labels.to(device), transform, data.num_classes,
-                      batch_size=args.batch_size, autocast=autocast_dtype(device, not args.fp32), flip_tta=flip_tta)
+    autocast = autocast_dtype(device, not args.fp32)
+    if isinstance(data, TextDataset):
+        flip_tta, what = False, "texts"
+        result = evaluate_text(model, split.ids.to(device), split.lengths.to(device), split.labels.to(device),
+                               data.num_classes, batch_size=args.batch_size, autocast=autocast)
+    else:
+        flip_tta, what = _flip_tta(config, args), "images"
+        result = evaluate(model, split.images.to(device), split.labels.to(device), _eval_transform(config),
+                          data.num_classes, batch_size=args.batch_size, autocast=autocast, flip_tta=flip_tta)
     classes = config.extra.get("classes") or list(data.classes)
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path("eval"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +214,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{data.name} {args.split} ({result.count} images): top-1 {result.top1:.2f}%  "
+        print(f"{data.name} {args.split} ({result.count} {what}): top-1 {result.top1:.2f}%  "
               f"top-5 {result.top5:.2f}%  loss {result.loss:.4f}")
         worst = sorted(zip(report["per_class"].values(), classes))[:5]
         print("lowest per-class accuracy: " + ", ".join(f"{name} {acc:.1f}%" for acc, name in worst))
@@ -204,6 +235,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tune_cpu()
     model, _ = _load_for_inference(args.model)
     config = model.config
+    if "vocab" in config.extra:
+        return _predict_texts(args, model)
+    if args.file:
+        raise CliError("--file gives texts, one per line, to a text model; this is an image model")
+    if not args.inputs:
+        raise CliError("give image files or folders to predict")
     files: list[Path] = []
     for item in args.inputs:
         path = Path(item)
@@ -222,7 +259,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mode = "L" if config.in_chans == 1 else "RGB"
     amp = autocast_dtype(device, not args.fp32)
     flip_tta = _flip_tta(config, args)
-    top_k = min(args.top_k, config.num_classes)
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         images, readable = [], []
@@ -240,13 +276,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch = prepare_input(transform(torch.stack(images).to(device)))
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             probs = tta_logits(model, batch, flip_tta).softmax(dim=1)
-        values, indices = probs.topk(top_k, dim=1)
-        for path, row_values, row_indices in zip(readable, values.tolist(), indices.tolist()):
-            preds = [{"label": classes[i], "index": i, "probability": round(p, 6)} for p, i in zip(row_values, row_indices)]
-            if args.json:
-                print(json.dumps({"file": str(path), "predictions": preds}))
-            else:
-                print(f"{path}: " + ", ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in preds))
+        for path, preds in zip(readable, _top_k(probs, classes, args.top_k)):
+            _print_prediction(args, {"file": str(path)}, str(path), preds)
+    return 0
+
+
+def _print_prediction(args: argparse.Namespace, key: dict, shown: str, preds: list[dict]) -> None:
+    if args.json:
+        print(json.dumps({**key, "predictions": preds}))
+    else:
+        print(f"{shown}: " + ", ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in preds))
+
+
+def _top_k(probs, classes: list[str], k: int) -> list[list[dict]]:
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [[{"label": classes[i], "index": i, "probability": round(p, 6)} for p, i in zip(row_values, row_indices)]
+            for row_values, row_indices in zip(values.tolist(), indices.tolist())]  # fmt: skip
+
+
+def _predict_texts(args: argparse.Namespace, model) -> int:
+    """Top-k labels of texts: arguments, lines of --file, or lines of stdin (the argument "-")."""
+    from .data.text import Vocabulary, encode_texts
+    from .training.metrics import predict_text_logits
+    from .training.runtime import autocast_dtype, prepare_model, select_device
+
+    texts = [text for text in args.inputs if text != "-"]
+    if args.file:
+        texts += Path(args.file).read_text(encoding="utf-8").splitlines()
+    if "-" in args.inputs:
+        texts += sys.stdin.read().splitlines()
+    if not texts:
+        raise CliError('give texts to classify: as arguments, with --file FILE (one per line), or "-" for stdin')
+    config = model.config
+    ids, lengths = encode_texts(texts, Vocabulary.from_dict(config.extra["vocab"]), config.seq_len)
+    device = select_device(args.device)
+    model = prepare_model(model, device).eval()
+    classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
+    for start in range(0, len(texts), args.batch_size):
+        chunk = slice(start, start + args.batch_size)
+        logits = predict_text_logits(model, ids[chunk].to(device), lengths[chunk].to(device),
+                                     autocast=autocast_dtype(device, not args.fp32))
+        for text, preds in zip(texts[chunk], _top_k(logits.softmax(dim=1), classes, args.top_k)):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            _print_prediction(args, {"text": text}, repr(shown), preds)
     return 0
 
 
@@ -297,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
 
-    predict = commands.add_parser("predict", help="top-k labels for image files or folders")
+    predict = commands.add_parser("predict", help="top-k labels for image files or folders, or for texts")
     predict.add_argument("model", help="run directory, saved model directory or .safetensors file")
-    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("inputs", nargs="*", help='image files or folders; for a text model texts ("-": stdin lines)')
+    predict.add_argument("--file", help="text model: a file of texts, one per line")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--batch-size", type=int, default=256)
     predict.add_argument("--device", default="auto")

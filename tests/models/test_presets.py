@@ -112,7 +112,17 @@ def test_text_model_complexity() -> None:
     model = create_model("text_cct_2_1x1", vocab_size=50, word_dim=16, seq_len=32)
     info = complexity(model)
     assert info.img_size is None and info.tokens == model.tokenizer.output_length(32)
-    assert info.params == count_parameters(model) and info.macs > 0
+    # the paper counts text models without their word embedding (frozen GloVe vectors there)
+    assert info.embedding_params == 50 * 16
+    assert info.params == count_parameters(model) - 50 * 16 and info.macs > 0
+
+
+def test_text_preset_parameters_match_the_paper_table_10() -> None:
+    # Table 10: CCT-2/1x1 0.238M, Transformer-2 1.086M (4 classes, 300-d word vectors, embedding excluded)
+    for name, paper in (("text_cct_2_1x1", 0.238), ("text_transformer_2", 1.086)):
+        with torch.device("meta"):
+            model = create_model(name, num_classes=4)
+        assert round(complexity(model).params / 1e6, 3) == paper, name
 
 
 def test_list_models_patterns() -> None:

@@ -15,11 +15,12 @@ from .vision import CompactTransformer
 @dataclass
 class Complexity:
     name: str
-    params: int  # trainable
+    params: int  # trainable, the word embedding excluded (as the paper counts text models)
     macs: int  # one image, forward, counted by torch.utils.flop_counter (FLOPs / 2)
     tokens: int
     img_size: tuple[int, int] | None
     num_classes: int
+    embedding_params: int = 0  # the word embedding of a text model (frozen pretrained vectors in the paper)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,15 +58,18 @@ def complexity(model: nn.Module, name: str = "") -> Complexity:
     """
     config = model.config
     device = next(model.parameters()).device  # "meta" works too: shapes only, nothing computed
+    embedding = 0
     if isinstance(model, CompactTransformer):
         example = torch.zeros(1, config.in_chans, *config.img_size, device=device)
         tokens, img_size = model.num_tokens, config.img_size
     else:
         example = torch.full((1, config.seq_len), 2, dtype=torch.long, device=device)
         tokens, img_size = model.classifier.seq_len - model.classifier.num_prefix_tokens, None
+        embedding = model.embedder.embeddings.weight.numel()
     return Complexity(
         name=name,
-        params=count_parameters(model),
+        params=sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("embedder.")),
+        embedding_params=embedding,
         macs=count_macs(model, example),
         tokens=tokens,
         img_size=img_size,

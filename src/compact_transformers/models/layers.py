@@ -169,6 +169,7 @@ class TransformerClassifier(nn.Module):
         attn_dropout: float = 0.1,
         drop_path: float = 0.1,
         attn_impl: str = "auto",
+        variable_length: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -178,6 +179,7 @@ class TransformerClassifier(nn.Module):
                 f"positional_embedding must be one of {POSITIONAL_EMBEDDINGS}, got {positional_embedding!r}"
             )
         self.embed_dim = embed_dim
+        self.variable_length = variable_length  # up to seq_len tokens (text); else exactly seq_len (images)
         self.pooling = pooling
         self.positional_embedding = positional_embedding
         self.num_prefix_tokens = 1 if pooling == "cls" else 0
@@ -217,10 +219,11 @@ class TransformerClassifier(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: ModelConfig, *, seq_len: int, pooling: str, embed_dim: int | None = None
+        cls, config: ModelConfig, *, seq_len: int, pooling: str, embed_dim: int | None = None,
+        variable_length: bool = False,
     ) -> TransformerClassifier:
         """The encoder and head that a vision or text model config describes, for ``seq_len`` tokens of
-        width ``embed_dim`` (default ``config.embed_dim``)."""
+        width ``embed_dim`` (default ``config.embed_dim``); ``variable_length``: also fewer tokens."""
         return cls(
             embed_dim=config.embed_dim if embed_dim is None else embed_dim,
             num_layers=config.num_layers,
@@ -234,6 +237,7 @@ class TransformerClassifier(nn.Module):
             attn_dropout=config.attn_dropout,
             drop_path=config.drop_path,
             attn_impl=config.attn_impl,
+            variable_length=variable_length,
         )
 
     def forward_features(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -243,13 +247,17 @@ class TransformerClassifier(nn.Module):
             if token_mask is not None:
                 token_mask = torch.cat([token_mask.new_ones(x.shape[0], 1), token_mask], dim=1)
         if self.positional_emb is not None:
-            if x.shape[1] != self.seq_len:
+            if self.variable_length and x.shape[1] <= self.seq_len:
+                # Fewer tokens than the table: the same as padding to seq_len and masking the padding.
+                x = x + self.positional_emb[:, : x.shape[1]]
+            elif x.shape[1] != self.seq_len:
                 raise ValueError(
                     f"got {x.shape[1] - self.num_prefix_tokens} tokens, but the {self.positional_embedding} "
                     f"positional embedding was built for {self.seq_len - self.num_prefix_tokens}: build the "
                     "model for this input size (img_size=...) or resize the embedding"
                 )
-            x = x + self.positional_emb
+            else:
+                x = x + self.positional_emb
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, attn_mask=token_mask)

@@ -137,6 +137,7 @@ class TextCompactTransformer(nn.Module):
             seq_len=seq_len,
             pooling="seqpool" if config.family in ("cvt", "cct") else "cls",
             embed_dim=embed_dim,
+            variable_length=True,
         )
 
     @property
@@ -168,16 +169,6 @@ class TextCompactTransformer(nn.Module):
             # let it keep its first token.
             first = torch.arange(x.shape[1], device=x.device)[None, :] == 0
             token_mask = token_mask | (first & ~token_mask.any(dim=1, keepdim=True))
-        if self.classifier.positional_emb is not None:
-            # Pad to the length the positional embedding was built for; the padding is masked out.
-            missing = self.classifier.seq_len - self.classifier.num_prefix_tokens - x.shape[1]
-            if missing > 0:
-                x = torch.cat([x, x.new_zeros(x.shape[0], missing, x.shape[2])], dim=1)
-                if token_mask is None:
-                    token_mask = torch.arange(x.shape[1], device=x.device)[None, :] < (x.shape[1] - missing)
-                    token_mask = token_mask.expand(x.shape[0], -1)
-                else:
-                    token_mask = torch.cat([token_mask, token_mask.new_zeros(x.shape[0], missing)], dim=1)
         return self.classifier.forward_features(x, token_mask=token_mask)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..augment import TrainAugment
 from ..data import ImageDataset
-from .build import build_student, input_size, load_teacher, make_augment_config
+from ..data.text import TextDataset
+from .batches import DeviceBatches
+from .build import build_student, input_size, load_teacher, transforms
+from .distributed import DistInfo
 from .recipe import ConfigSource, TrainConfig, scaled_warmup_cooldown
 from .runtime import autocast_dtype, prepare_model, select_device
 from .step import Batch, build_step_tools, train_step
@@ -77,7 +79,7 @@ class TimeBudget:
         """True once training must end to leave the reserve for finishing."""
         return self.elapsed() > self.seconds - self.reserve
 
-    def plan(self, source: ConfigSource, data: ImageDataset) -> TrainConfig:
+    def plan(self, source: ConfigSource, data: ImageDataset | TextDataset) -> TrainConfig:
         """The config of ``source`` with the epochs and validation interval that fit, from probe steps."""
         config = source.resolve()
         estimate = estimate_epoch_seconds(config, data)
@@ -105,25 +107,21 @@ class TimeBudget:
         self.reserve = float(state.get("reserve", 0.0))
 
 
-def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset, probe_steps: int = 10) -> EpochEstimate:
+def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset, probe_steps: int = 10) -> EpochEstimate:
     """Seconds one epoch of ``config`` (training, and a validation pass) will take here: the fastest of a
     few timed training steps (the step the run takes: augmentation, mixing, teacher and all) on a throwaway
     copy of the model; other load only slows steps down, and the refit after the first epoch corrects an
     optimistic plan. The global RNG is left untouched."""
     device = select_device(config.device)
-    img_size = input_size(config, data)
-    batch_size = min(config.batch_size, len(data.train))
-    steps_per_epoch = max(1, len(data.train) // batch_size)
+    batches = DeviceBatches(data, config, device, DistInfo())
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model = prepare_model(build_student(config.replace(pretrained=None), data, img_size), device).train()
-        augment = TrainAugment(make_augment_config(config, img_size, model.config.mean, model.config.std))
+        model = prepare_model(build_student(config.replace(pretrained=None), data, input_size(config, data)), device)
+        augment, _ = transforms(config, data, model)
         teacher = load_teacher(config.teacher, device) if config.teacher else None
-        tools = build_step_tools(model, config, num_classes=data.num_classes, steps_per_epoch=steps_per_epoch,
+        tools = build_step_tools(model, config, num_classes=data.num_classes, steps_per_epoch=batches.steps_per_epoch,
                                  augment=augment, teacher=teacher, amp_dtype=autocast_dtype(device, config.amp))
-        images = data.train.images[:batch_size] if data.train.images is not None else None
-        if images is None:
-            images = torch.stack([data.train_stream[i][0] for i in range(batch_size)])
-        batch = Batch(images.to(device), data.train.labels[:batch_size].to(device))
+        batch = next(iter(batches.epoch(0, 0)))
+        model.train()
         times = []
         for step in range(probe_steps):
             start = time.perf_counter()
@@ -132,7 +130,7 @@ def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset, probe_steps:
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
     step_seconds = min(times[2:])
-    eval_steps = math.ceil(len(data.val) / batch_size)
+    eval_steps = math.ceil(len(data.val) / batches.global_batch)
     eval_passes = 2 if config.uses_flip_tta else 1
     # an inference batch costs about a third of a training step
-    return EpochEstimate(steps_per_epoch * step_seconds, eval_passes * eval_steps * step_seconds / 3)
+    return EpochEstimate(batches.steps_per_epoch * step_seconds, eval_passes * eval_steps * step_seconds / 3)

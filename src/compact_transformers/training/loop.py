@@ -20,15 +20,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..augment import EvalTransform, TrainAugment
 from ..data import ImageDataset
+from ..data.text import TextDataset
 from ..errors import CheckpointError
 from ..fileio import atomic_write_text
 from ..models import load_model, save_model
+from .batches import DeviceBatches
 from .budget import EpochEstimate, TimeBudget
-from .build import build_student, check_teacher, input_size, load_teacher, load_training_data, make_augment_config
+from .build import build_student, check_teacher, input_size, load_teacher, load_training_data, transforms
 from .distributed import DistInfo, all_reduce_sum, any_rank, cleanup, from_rank0, gather_objects, setup_distributed
-from .metrics import EvalResult, accuracy_counts, predict_logits, result_from_counts
+from .metrics import EvalResult, accuracy_counts, predict_logits, predict_text_logits, result_from_counts
 from .plots import plot_confusion, plot_curves
 from .recipe import TrainConfig
 from .rundir import (FINAL_FILE, append_history, new_run_dir, read_history, rewrite_history,
@@ -88,8 +89,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         run_dir = Path(from_rank0(str(run_dir or new_run_dir(config)), info))  # names carry a timestamp
     model = prepare_model(model, device)
     torch.manual_seed(config.seed + info.rank)  # same initial weights on every rank, own augmentation draws
-    augment_config = make_augment_config(config, input_size(config, data), model.config.mean, model.config.std)
-    eval_transform = EvalTransform(augment_config)
+    augment, eval_transform = transforms(config, data, model)  # (None, None) for text
     teacher = load_teacher(config.teacher, device) if config.teacher else None
     if teacher is not None:
         check_teacher(teacher, model, config.teacher)
@@ -97,7 +97,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     global_config = config.replace(batch_size=batches.global_batch)  # the lr scales with the global batch
     amp_dtype = autocast_dtype(device, config.amp)
     tools = build_step_tools(model, global_config, num_classes=data.num_classes, teacher=teacher,
-                             steps_per_epoch=batches.steps_per_epoch, augment=TrainAugment(augment_config),
+                             steps_per_epoch=batches.steps_per_epoch, augment=augment,
                              amp_dtype=amp_dtype)  # fmt: skip
     train_model: nn.Module = model
     if info.enabled:
@@ -155,7 +155,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 return RunResult(run_dir, epoch, best_top1, interrupted=True)
             if ran.stopped and not interrupted:  # the partial epoch is evaluated and recorded as the last one
                 logger.warning("time limit of %.1f min reached during epoch %d", config.time_limit, epoch + 1)
-            record = {"epoch": epoch + 1, "lr": tools.schedule.last_lr, **_epoch_summary(ran, info)}
+            record = {"epoch": epoch + 1, "lr": tools.schedule.last_lr, **_epoch_summary(ran, info, batches.unit)}
             # a time-limited run also validates after its first epoch, to time validation for the refit
             first_of_budget = budget is not None and state is None and epoch == 0
             eval_start, last_val = time.perf_counter(), None
@@ -225,7 +225,8 @@ def train_one_epoch(model: nn.Module, tools: StepTools, batches: Iterator[Batch]
             sums["top1"] += (out.logits.argmax(dim=1) == batch.labels).sum().double()
             sums["count"] += len(batch)
         if progress is not None:
-            _show_progress(progress, sums, out, (step - start_step + 1) / (time.perf_counter() - start))
+            unit = "img" if batch.mask is None else "seq"
+            _show_progress(progress, sums, out, (step - start_step + 1) / (time.perf_counter() - start), unit)
         if should_stop():
             return _epoch_run(sums, start, half_time, step + 1, True, progress)
     return _epoch_run(sums, start, half_time, step + 1, False, progress)
@@ -240,48 +241,13 @@ def _epoch_run(sums: dict, start: float, half_time: float | None, next_step: int
     return EpochRun(sums, end - start, steady, next_step, stopped)
 
 
-def _epoch_summary(ran: EpochRun, info: DistInfo) -> dict:
+def _epoch_summary(ran: EpochRun, info: DistInfo, unit: str) -> dict:
     sums = all_reduce_sum(dict(ran.sums), info)
     count = max(sums["count"].item(), 1.0)
     return {
         "train_loss": sums["loss"].item() / count, "train_top1": 100 * sums["top1"].item() / count,
-        "img_per_s": sums["count"].item() / max(ran.seconds, 1e-9), "epoch_seconds": ran.seconds,
+        f"{unit}_per_s": sums["count"].item() / max(ran.seconds, 1e-9), "epoch_seconds": ran.seconds,
     }  # fmt: skip
-
-
-class DeviceBatches:
-    """The batches of each epoch for this process: the split lives on the device as uint8 tensors (or, for
-    a large folder, is streamed through a DataLoader); the order is a pure function of (seed, epoch), so a
-    resumed run sees the same batches."""
-
-    def __init__(self, data: ImageDataset, config: TrainConfig, device: torch.device, info: DistInfo) -> None:
-        self.data, self.config, self.device, self.info = data, config, device, info
-        self.streamed = data.train.images is None
-        self.images = None if self.streamed else data.train.images.to(device)
-        self.labels = data.train.labels.to(device)
-        self.num_train = self.labels.shape[0]
-        self.global_batch = min(config.batch_size * info.world_size, self.num_train)
-        self.local_batch = self.global_batch // info.world_size
-        self.steps_per_epoch = max(1, self.num_train // self.global_batch)
-
-    def epoch(self, epoch: int, first_step: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        order = torch.randperm(self.num_train, generator=generator)
-        offset = self.info.rank * self.local_batch
-        index_lists = [order[step * self.global_batch + offset :][: self.local_batch]
-                       for step in range(first_step, self.steps_per_epoch)]  # fmt: skip
-        if not self.streamed:
-            for index in index_lists:
-                index = index.to(self.device)
-                yield Batch(self.images[index], self.labels[index])
-            return
-        loader = torch.utils.data.DataLoader(
-            self.data.train_stream, batch_sampler=[index.tolist() for index in index_lists],
-            num_workers=self.config.workers, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch),  # keeps the global RNG
-        )  # fmt: skip
-        for images, labels in loader:
-            yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
 
 
 # ------------------------------------------------------------------------------------ evaluation, end
@@ -291,11 +257,14 @@ def evaluate_split(model: nn.Module, data: ImageDataset, split: str, transform: 
                    amp_dtype: torch.dtype | None, info: DistInfo) -> EvalResult:
     """Top-1/top-5, loss and confusion of ``model`` on ``data``'s split, sharded over the processes."""
     device = next(model.parameters()).device
-    images, labels = getattr(data, split).images, getattr(data, split).labels
-    shard = slice(info.rank, None, info.world_size)
-    flip_tta = bool(model.config.extra.get("flip_tta", False))
-    logits = predict_logits(model, images[shard].to(device), transform, autocast=amp_dtype, flip_tta=flip_tta)
-    counts = accuracy_counts(logits, labels[shard].to(device), data.num_classes)
+    part, shard = getattr(data, split), slice(info.rank, None, info.world_size)
+    if isinstance(data, TextDataset):
+        logits = predict_text_logits(model, part.ids[shard].to(device), part.lengths[shard].to(device),
+                                     autocast=amp_dtype)
+    else:
+        flip_tta = bool(model.config.extra.get("flip_tta", False))
+        logits = predict_logits(model, part.images[shard].to(device), transform, autocast=amp_dtype, flip_tta=flip_tta)
+    counts = accuracy_counts(logits, part.labels[shard].to(device), data.num_classes)
     return result_from_counts(all_reduce_sum(counts, info))
 
 
@@ -373,10 +342,11 @@ def _progress(config: TrainConfig, info: DistInfo, epoch: int, steps: int, start
                 dynamic_ncols=True, unit="step")
 
 
-def _show_progress(progress, sums: dict, out, steps_per_second: float) -> None:
+def _show_progress(progress, sums: dict, out, steps_per_second: float, unit: str) -> None:
+    rate = {f"{unit}_s": f"{steps_per_second * out.logits.shape[0]:.0f}"}  # img_s or seq_s
     progress.set_postfix(
         loss=f"{out.loss.item():.3f}", acc=f"{100 * sums['top1'].item() / sums['count'].item():.1f}",
-        lr=f"{out.lr:.2e}", img_s=f"{steps_per_second * out.logits.shape[0]:.0f}",
+        lr=f"{out.lr:.2e}", **rate,
     )  # fmt: skip
     progress.update(1)
 
@@ -385,7 +355,8 @@ def _log_epoch(config: TrainConfig, record: dict) -> None:
     parts = [f"epoch {record['epoch']}/{config.epochs}", f"loss {record['train_loss']:.4f}"]
     if "val_top1" in record:
         parts.append(f"val top-1 {record['val_top1']:.2f}%")
-    parts += [f"lr {record['lr']:.2e}", f"{record['img_per_s']:.0f} img/s", f"{record['epoch_seconds']:.1f}s"]
+    rate = next(f"{value:.0f} {key[:-len('_per_s')]}/s" for key, value in record.items() if key.endswith("_per_s"))
+    parts += [f"lr {record['lr']:.2e}", rate, f"{record['epoch_seconds']:.1f}s"]
     logger.info(" | ".join(parts))
 
 
@@ -393,10 +364,13 @@ def _announce(config: TrainConfig, data: ImageDataset, model: nn.Module, device:
               amp_dtype: torch.dtype | None, info: DistInfo, batches: DeviceBatches) -> None:
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp_dtype]
+    if batches.text:
+        what, shape = "texts", f"up to {data.seq_len} tokens, vocabulary {len(data.vocab):,}"
+    else:
+        what, shape = "images", "x".join(map(str, model.config.img_size))
     logger.info(
-        "%s (%.2fM params) on %s: %d train / %d val images, %d classes, %s; device %s x%d, %s; "
+        "%s (%.2fM trainable params) on %s: %d train / %d val %s, %d classes, %s; device %s x%d, %s; "
         "%d epochs x %d steps of %d",
-        config.model, params / 1e6, data.name, len(data.train), len(data.val), data.num_classes,
-        "x".join(map(str, model.config.img_size)), device, info.world_size, precision, config.epochs,
-        batches.steps_per_epoch, batches.global_batch,
+        config.model, params / 1e6, data.name, len(data.train), len(data.val), what, data.num_classes, shape,
+        device, info.world_size, precision, config.epochs, batches.steps_per_epoch, batches.global_batch,
     )

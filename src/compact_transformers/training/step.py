@@ -32,6 +32,19 @@ class Batch:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    @classmethod
+    def of_texts(cls, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> Batch:
+        """A batch of right-padded token ids, cut to its longest text (see :func:`trim_to_longest`)."""
+        ids, mask = trim_to_longest(ids, lengths)
+        return cls(ids, labels, mask)
+
+
+def trim_to_longest(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids (B, L) cut to the batch's longest text, and their mask (True = a real token):
+    short texts do not pay for the padding up to seq_len."""
+    longest = max(int(lengths.max()), 1) if len(lengths) else 1
+    return ids[:, :longest], torch.arange(longest, device=ids.device)[None, :] < lengths[:, None]
+
 
 @dataclass
 class StepTools:

@@ -1,0 +1,61 @@
+"""A run's training split on the device, cut into each epoch's batches for this process.
+
+Small datasets live on the training device as tensors (uint8 images, or token ids with their lengths);
+a large image folder is streamed through a DataLoader instead. The order of an epoch is a pure function of
+(seed, epoch), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..data import ImageDataset
+from ..data.text import TextDataset
+from .distributed import DistInfo
+from .recipe import TrainConfig
+from .step import Batch
+
+
+class DeviceBatches:
+    """The batches of each epoch for this process (``global_batch`` images or texts per step over all
+    processes, ``local_batch`` of them here)."""
+
+    def __init__(self, data: ImageDataset | TextDataset, config: TrainConfig, device: torch.device,
+                 info: DistInfo) -> None:
+        self.data, self.config, self.device, self.info = data, config, device, info
+        self.text = isinstance(data, TextDataset)
+        self.streamed = not self.text and data.train.images is None
+        if self.text:
+            self.ids, self.lengths = data.train.ids.to(device), data.train.lengths.to(device)
+        else:
+            self.images = None if self.streamed else data.train.images.to(device)
+        self.labels = data.train.labels.to(device)
+        self.num_train = self.labels.shape[0]
+        self.global_batch = min(config.batch_size * info.world_size, self.num_train)
+        self.local_batch = self.global_batch // info.world_size
+        self.steps_per_epoch = max(1, self.num_train // self.global_batch)
+        self.unit = "seq" if self.text else "img"  # what a sample is, for rates
+
+    def epoch(self, epoch: int, first_step: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(self.num_train, generator=generator)
+        offset = self.info.rank * self.local_batch
+        index_lists = [order[step * self.global_batch + offset :][: self.local_batch]
+                       for step in range(first_step, self.steps_per_epoch)]  # fmt: skip
+        if not self.streamed:
+            for index in index_lists:
+                index = index.to(self.device)
+                if self.text:
+                    yield Batch.of_texts(self.ids[index], self.lengths[index], self.labels[index])
+                else:
+                    yield Batch(self.images[index], self.labels[index])
+            return
+        loader = torch.utils.data.DataLoader(
+            self.data.train_stream, batch_sampler=[index.tolist() for index in index_lists],
+            num_workers=self.config.workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch),  # keeps the global RNG
+        )  # fmt: skip
+        for images, labels in loader:
+            yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
