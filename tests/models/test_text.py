@@ -150,3 +150,14 @@ def test_text_presets_build_and_run() -> None:
         model = create_model(name, vocab_size=50, word_dim=8 if "transformer" not in name else 16, seq_len=16)
         out = model(torch.randint(2, 50, (2, 16)))
         assert out.shape == (2, 4) and torch.isfinite(out).all(), name
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(1, 1, 1), (2, 1, 1), (4, 1, 2), (4, 4, 0)])
+def test_text_tokenizer_convolution_as_a_matmul_equals_the_conv_layer(kernel: int, stride: int, padding: int) -> None:
+    from compact_transformers.models.tokenizers import TextConvTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = TextConvTokenizer(word_dim=12, embed_dim=8, kernel_size=kernel, stride=stride, padding=padding)
+    x = torch.randn(3, 10, 12)
+    expected = tokenizer.conv_layers[0](x[:, None]).squeeze(-1).transpose(1, 2)  # the reference's Conv2d
+    assert torch.allclose(tokenizer._convolve(x), expected, atol=1e-5)

@@ -165,6 +165,15 @@ class TextConvTokenizer(nn.Module):
             nn.Identity(),
         )
 
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The (k x word_dim) convolution of (B, L, word_dim) as one matmul over windows of k words: the same
+        result as ``conv_layers[0]`` on (B, 1, L, word_dim), many times faster to train on CPU (a 1-channel
+        convolution spanning the whole width is a poor fit for convolution kernels). Returns (B, L', d)."""
+        if self.padding:
+            x = F.pad(x, (0, 0, self.padding, self.padding))
+        windows = x.unfold(1, self.kernel_size, self.stride)  # (B, L', word_dim, k)
+        return F.linear(windows.transpose(2, 3).flatten(2), self.conv_layers[0].weight.flatten(1))
+
     def conv_length(self, length: torch.Tensor | int) -> torch.Tensor | int:
         """Valid outputs of the convolution for ``length`` valid inputs."""
         if self.keep_partial_patch:
@@ -183,7 +192,7 @@ class TextConvTokenizer(nn.Module):
         """x: (B, L, word_dim); lengths: valid tokens per row. Returns tokens (B, N, d) and new lengths."""
         if self.keep_partial_patch and x.shape[1] % self.stride:
             x = F.pad(x, (0, 0, 0, self.stride - x.shape[1] % self.stride))
-        x = self.conv_layers[1](self.conv_layers[0](x[:, None])).squeeze(-1)  # (B, d, L')
+        x = self.conv_layers[1](self._convolve(x)).transpose(1, 2)  # (B, d, L')
         if lengths is not None:
             conv_lengths = self.conv_length(lengths)
             valid = torch.arange(x.shape[-1], device=x.device)[None, :] < conv_lengths[:, None]
