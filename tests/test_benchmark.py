@@ -162,3 +162,19 @@ def test_low_precision_weights_variant_runs_in_bench(one_thread):
         step = build_step(spec, VARIANTS["lp-weights"], mode, 4, torch.device("cpu"), torch.bfloat16)
         step()
         step()
+
+
+def test_text_models_are_benched_in_sequences_per_second(one_thread):
+    spec = parse_model_spec("text_cct_2_1x1:16")
+    assert spec.is_text and spec.seq_len == 16 and spec.label == "L16" and spec.unit == "seq"
+    assert parse_model_spec("text_transformer_2").seq_len == 128
+    with pytest.raises(ValueError, match="NAME:L"):
+        parse_model_spec("text_cct_2_1x1:16x16x1")
+    config = BenchConfig(models=("text_cct_2_1x1:16",), batch_sizes=(4,), warmup=1, repeats=1, peak_sizes=(64,),
+                         device="cpu")  # fmt: skip
+    from compact_transformers.benchmark import bench_models
+
+    records = bench_models(config, torch.device("cpu"), quiet=True)
+    assert {(r["variant"], r["mode"]) for r in records} == {(v, m) for v in ("baseline", "fast") for m in ("train", "infer")}
+    for r in records:
+        assert r["unit"] == "seq" and r["samples_per_s"] > 0 and "img_per_s" not in r and r["macs_per_image"] > 0

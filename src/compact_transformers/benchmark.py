@@ -96,27 +96,63 @@ def resolve_variant(name: str) -> Variant:
 # ------------------------------------------------------------------------------------------------ config
 
 
+# Text models are measured as the paper trains them: 300-d frozen word vectors of a 20k-word vocabulary.
+TEXT_BENCH_VOCAB, TEXT_BENCH_WORD_DIM, TEXT_BENCH_SEQ_LEN = 20_000, 300, 128
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A preset at an input shape: ``name`` or ``name:HxWxC`` (e.g. ``cct_2_3x2_32:28x28x1``)."""
+    """A preset at an input shape: images ``name`` or ``name:HxWxC`` (e.g. ``cct_2_3x2_32:28x28x1``); text
+    ``name`` or ``name:L`` (L tokens per text, e.g. ``text_cct_2_1x1:256``)."""
 
     name: str
-    img_size: tuple[int, int]
-    in_chans: int
+    img_size: tuple[int, int] | None = None
+    in_chans: int = 3
+    seq_len: int | None = None
+
+    @property
+    def is_text(self) -> bool:
+        return self.seq_len is not None
 
     @property
     def label(self) -> str:
-        return f"{self.img_size[0]}x{self.img_size[1]}x{self.in_chans}"
+        return f"L{self.seq_len}" if self.is_text else f"{self.img_size[0]}x{self.img_size[1]}x{self.in_chans}"
+
+    @property
+    def unit(self) -> str:
+        """What one sample is: a text (seq) or an image (img)."""
+        return "seq" if self.is_text else "img"
+
+    def create(self, attn_impl: str = "auto") -> torch.nn.Module:
+        from .models import create_model
+
+        if self.is_text:
+            return create_model(self.name, attn_impl=attn_impl, seq_len=self.seq_len, vocab_size=TEXT_BENCH_VOCAB,
+                                word_dim=TEXT_BENCH_WORD_DIM, freeze_embedding=True)
+        return create_model(self.name, attn_impl=attn_impl, img_size=self.img_size, in_chans=self.in_chans)
+
+    def example(self, batch_size: int, device: torch.device, uint8: bool = False) -> tuple[torch.Tensor, ...]:
+        """Model inputs of a random batch: (token ids, mask) of full-length texts, or images (float, or uint8
+        for the training step's augmentation)."""
+        if self.is_text:
+            ids = torch.randint(2, TEXT_BENCH_VOCAB, (batch_size, self.seq_len), device=device)
+            return ids, torch.ones_like(ids, dtype=torch.bool)
+        shape = (batch_size, self.in_chans, *self.img_size)
+        if uint8:
+            return (torch.randint(0, 256, shape, dtype=torch.uint8, device=device),)
+        return (torch.randn(shape, device=device),)
 
 
 def parse_model_spec(text: str) -> ModelSpec:
-    """``name`` (the preset's own input shape) or ``name:HxWxC``."""
+    """``name`` (the preset's own input shape), ``name:HxWxC`` for images or ``name:L`` for text."""
     from .models import get_preset
 
     name, _, shape = text.partition(":")
     preset = get_preset(name)
-    if preset.kind != "vision":
-        raise ConfigError(f"bench measures vision models; {name!r} is a {preset.kind} model")
+    if preset.kind == "text":
+        if shape and not (shape.isdigit() and int(shape) > 0):
+            raise ConfigError(f"model spec {text!r}: expected NAME or NAME:L (tokens per text), e.g. text_cct_2_1x1:256")
+        return ModelSpec(preset.name, seq_len=int(shape) if shape else TEXT_BENCH_SEQ_LEN)
     if not shape:
         config = preset.build_config()
         return ModelSpec(preset.name, tuple(config.img_size), config.in_chans)
@@ -351,7 +387,6 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
     augmentation of uint8 images (RandAugment, crops, flips), Mixup/CutMix, label smoothing, AdamW and the
     learning-rate schedule; the variant sets precision, memory layout, attention and optimizer kernel."""
     from .augment import TrainAugment
-    from .models import create_model
     from .training.build import make_augment_config
     from .training.optim import MasterWeightOptimizer
     from .training.recipe import TrainConfig
@@ -361,35 +396,38 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     torch.manual_seed(seed)
-    model = create_model(spec.name, attn_impl=variant.attn_impl, img_size=spec.img_size, in_chans=spec.in_chans)
-    model = prepare_model(model, device, channels_last=variant.channels_last)
+    model = prepare_model(spec.create(variant.attn_impl), device, channels_last=variant.channels_last)
     dtype = amp_dtype if variant.amp else None
     low_precision = variant.low_precision_weights and dtype is not None
     if mode == "infer":
-        images = torch.randn(batch_size, spec.in_chans, *spec.img_size, device=device)
+        inputs = spec.example(batch_size, device)
         if low_precision:  # the model itself in low precision, no autocast casts
-            model, images, dtype = model.to(dtype), images.to(dtype), None
+            model, dtype = model.to(dtype), None
+            inputs = tuple(x.to(model.classifier.norm.weight.dtype) if x.is_floating_point() else x for x in inputs)
         network = torch.compile(model) if variant.compile else model
         network.eval()
 
         def infer_step() -> None:
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                network(prepare_input(images, channels_last=variant.channels_last))
+                network(prepare_input(inputs[0], channels_last=variant.channels_last), *inputs[1:])
 
         return infer_step
     recipe = TrainConfig(batch_size=batch_size)
     optimizer = MasterWeightOptimizer(model, recipe) if low_precision else None
     if low_precision:
         model = model.to(dtype)
-    mean, std = (0.5,) * spec.in_chans, (0.25,) * spec.in_chans
+    augment = None
+    if not spec.is_text:
+        mean, std = (0.5,) * spec.in_chans, (0.25,) * spec.in_chans
+        augment = TrainAugment(make_augment_config(recipe, spec.img_size, mean, std))
     tools = build_step_tools(
         model, recipe, num_classes=model.config.num_classes, steps_per_epoch=1000, amp_dtype=dtype,
-        augment=TrainAugment(make_augment_config(recipe, spec.img_size, mean, std)),
-        channels_last=variant.channels_last, optimizer=optimizer,
+        augment=augment, channels_last=variant.channels_last, optimizer=optimizer,
         optimizer_kernel="fastest" if variant.recipe_optimizer else "plain",
     )  # fmt: skip
-    batch = Batch(torch.randint(0, 256, (batch_size, spec.in_chans, *spec.img_size), dtype=torch.uint8, device=device),
-                  torch.randint(0, model.config.num_classes, (batch_size,), device=device))
+    inputs = spec.example(batch_size, device, uint8=True)
+    labels = torch.randint(0, model.config.num_classes, (batch_size,), device=device)
+    batch = Batch(inputs[0], labels, inputs[1] if spec.is_text else None)
     network = torch.compile(model) if variant.compile else model
     network.train()
     steps = iter(range(1 << 62))
@@ -444,11 +482,12 @@ def measure_interleaved(steps: dict[str, Callable[[], None]], device: torch.devi
 
 
 def _macs(spec: ModelSpec) -> int:
-    from .models import create_model
     from .models.complexity import count_macs
 
-    model = create_model(spec.name, img_size=spec.img_size, in_chans=spec.in_chans)
-    return count_macs(model, torch.zeros(1, spec.in_chans, *spec.img_size))
+    with torch.device("meta"):
+        model = spec.create()
+    inputs = spec.example(1, torch.device("meta"))
+    return count_macs(model, inputs[0])  # a text model masks nothing in full-length texts
 
 
 def _record(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, macs: int, result: Measurement,
@@ -461,7 +500,8 @@ def _record(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, macs:
         "precision": precision, "channels_last": variant.channels_last, "attn_impl": variant.attn_impl,
         "fused_optimizer": variant.recipe_optimizer, "compiled": variant.compile, "macs_per_image": macs,
         "median_s": result.median_s, "min_s": min(result.times_s), "times_s": result.times_s,
-        "first_step_s": result.first_step_s, "img_per_s": batch_size / result.median_s,
+        "first_step_s": result.first_step_s, "unit": spec.unit, "samples_per_s": batch_size / result.median_s,
+        **({} if spec.is_text else {"img_per_s": batch_size / result.median_s}),
         "tflops": flops_per_image * batch_size / result.median_s / 1e12,
         "peak_mem_mb": result.peak_mem_mb, "mem_delta_mb": result.mem_delta_mb,
     }  # fmt: skip
@@ -699,7 +739,7 @@ def format_report(report: dict) -> str:
         "",
     ]
     header = (f"{'model':<14} {'input':<8} {'batch':>5} {'mode':<5} {'variant':<16} {'prec':<4} "
-              f"{'ms/step':>9} {'img/s':>8} {'TFLOP/s':>8} {'%peak':>6} {'mem MB':>7} {'x base':>6}")  # fmt: skip
+              f"{'ms/step':>9} {'per s':>8} {'TFLOP/s':>8} {'%peak':>6} {'mem MB':>7} {'x base':>6}")  # fmt: skip
     lines += [header, "-" * len(header)]
     speedups = {(s["model"], s["input"], s["batch_size"], s["mode"], s["variant"]): s["speedup"]
                 for s in report["speedups"]}  # fmt: skip
@@ -710,7 +750,7 @@ def format_report(report: dict) -> str:
         fraction = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
         lines.append(
             f"{r['model']:<14} {r['input']:<8} {r['batch_size']:>5} {r['mode']:<5} {r['variant']:<16} "
-            f"{r['precision']:<4} {1e3 * r['median_s']:>9.1f} {r['img_per_s']:>8.1f} {r['tflops']:>8.4f} "
+            f"{r['precision']:<4} {1e3 * r['median_s']:>9.1f} {r['samples_per_s']:>8.1f} {r['tflops']:>8.4f} "
             f"{_fmt(fraction, '.1f'):>6} {_fmt(r['mem_delta_mb'], '.0f'):>7} {_fmt(ratio, '.2f'):>6}"
         )
     if "scaling" in report:
