@@ -414,3 +414,18 @@ def test_translation_off_leaves_images_in_place_and_bad_values_raise():
     for bad in (-1, 8, 1.5, True):
         with pytest.raises(ValueError, match="translate"):
             config(size=(8, 8), translate=bad)
+
+
+def test_word_dropout_replaces_a_share_of_the_tokens_by_unk_reproducibly():
+    from compact_transformers.augment import WordDropout
+
+    ids = torch.randint(2, 100, (64, 50))
+    assert torch.equal(WordDropout(0.0, unk_id=0)(ids), ids)
+    torch.manual_seed(1)
+    out = WordDropout(0.3, unk_id=0)(ids)
+    dropped = out != ids
+    assert (out[dropped] == 0).all() and abs(dropped.float().mean().item() - 0.3) < 0.02
+    torch.manual_seed(1)
+    assert torch.equal(WordDropout(0.3, unk_id=0)(ids), out)  # the global generator decides: resumable
+    with pytest.raises(ValueError, match="word dropout"):
+        WordDropout(1.0, unk_id=0)

@@ -691,3 +691,28 @@ class MixupCutmix:
             raise ValueError(f"labels must be a tensor of shape ({images.shape[0]},), got {_describe(labels)}")
         self.last_params = self.sample(images.shape[2], images.shape[3])
         return self.apply(images, labels, self.last_params)
+
+
+# -----------------------------------------------------------------------------
+# Text: word dropout
+
+
+class WordDropout(torch.nn.Module):
+    """Training augmentation of token ids (B, L): each token becomes ``unk_id`` with probability ``p`` (padding
+    too, which the batch's mask hides from the model anyway). Draws from torch's global CPU generator, like
+    the image augmentation, so a resumed run replays it."""
+
+    def __init__(self, p: float, unk_id: int) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ConfigError(f"word dropout must be in [0, 1), got {p}")
+        self.p, self.unk_id = p, unk_id
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.p == 0:
+            return ids
+        drop = torch.rand(ids.shape).to(ids.device) < self.p
+        return ids.masked_fill(drop, self.unk_id)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, unk_id={self.unk_id}"

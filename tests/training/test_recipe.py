@@ -274,3 +274,11 @@ def test_planned_epochs_rescale_the_recipe_and_shrink_unfixed_warmup_cooldown():
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
     with pytest.raises(ConfigError, match=r"config.yml:2:\d+: not valid YAML"):
         load_yaml_config(write_yaml(tmp_path, "epochs: 3\n  lr: 2\n"))
+
+
+def test_text_recipe_scales_word_dropout_with_the_epochs():
+    brief, long = apply_recipe(TrainConfig(), "text", epochs=5), apply_recipe(TrainConfig(), "text", epochs=40)
+    assert brief.word_dropout == 0.0 and long.word_dropout == 0.1
+    assert brief.attn_drop == long.attn_drop == 0.0  # word dropout instead: cheaper on a CPU
+    assert long.mixup == long.cutmix == 0.0 and long.aa is None and long.batch_size == 64
+    assert (long.warmup_epochs, long.cooldown_epochs) == (2, 2)

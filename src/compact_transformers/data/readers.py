@@ -356,8 +356,29 @@ def read_flowers102(path: Path, image_size: tuple[int, int]) -> RawDataset:
 # image folders (ImageFolder layout)
 
 
-def _class_dirs(root: Path) -> list[str]:
+def class_dirs(root: Path) -> list[str]:
+    """The sorted names of the (not hidden) folders in ``root``: the classes of a class-folder layout."""
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def class_folder_layout(path: Path, kind: str, example: str) -> tuple[Path | None, list[str]]:
+    """(``path/train`` if the layout has one, else None; the class names) of a folder of class folders, for
+    the ``kind`` reader ("folder", "text_folder"); ``example`` names a file for the error message."""
+    if not path.is_dir():
+        raise DatasetError(f"{kind}: expected a directory of class folders at {path}")
+    train_root = path / "train" if (path / "train").is_dir() else None
+    classes = class_dirs(train_root or path)
+    if not classes:
+        raise DatasetError(f"{kind}: expected class folders (e.g. {train_root or path}/<class>/{example}) in "
+                           f"{train_root or path}")  # fmt: skip
+    return train_root, classes
+
+
+def check_split_classes(root: Path, classes: list[str], kind: str) -> None:
+    """A validation or test split of a class-folder layout may only hold the training split's classes."""
+    unknown = [c for c in class_dirs(root) if c not in classes]
+    if unknown:
+        raise DatasetError(f"{kind}: {root} has class folders {unknown} that are not in the train split")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -365,9 +386,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _list_split(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    unknown = [c for c in _class_dirs(root) if c not in classes]
-    if unknown:
-        raise DatasetError(f"folder: {root} has class folders {unknown} that are not in the train split")
+    check_split_classes(root, classes, "folder")
     files, labels = [], []
     for label, cls in enumerate(classes):
         if (root / cls).is_dir():
@@ -389,13 +408,8 @@ def read_folder(
     folder names. Images become RGB (L if all are grayscale) at `image_size` (default: the shared size of
     all images, else 224; short-side resize + center crop). Unreadable files are skipped and counted.
     When the decoded train split exceeds `max_memory_bytes`, it is returned as a lazy `FolderStream`."""
-    if not path.is_dir():
-        raise DatasetError(f"folder: expected a directory of class folders at {path}")
-    has_train = (path / "train").is_dir()
-    train_root = path / "train" if has_train else path
-    classes = _class_dirs(train_root)
-    if not classes:
-        raise DatasetError(f"folder: expected class folders (e.g. {train_root}/<class>/*.png) in {train_root}")
+    train_root, classes = class_folder_layout(path, "folder", "*.png")
+    has_train, train_root = train_root is not None, train_root or path
     lists = {"train": _list_split(train_root, classes)}
     if has_train:
         for split in ("val", "test"):

@@ -30,6 +30,7 @@ import torch
 from ..errors import ConfigError, DatasetError
 from .core import as_index, stratified_split
 from .images import IMAGE_EXTENSIONS
+from .readers import check_split_classes, class_dirs, class_folder_layout
 
 logger = logging.getLogger(__name__)
 
@@ -527,10 +528,6 @@ def _detect_sst(path: Path) -> str | None:
 # class folders of .txt files (IMDb, and the image folder rules of readers.read_folder)
 
 
-def _class_dirs(root: Path) -> list[str]:
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
 def _read_class_files(root: Path, classes: list[str]) -> list[Example]:
     """The .txt files under root/<class>/ (recursively, sorted), each one example."""
     examples = []
@@ -559,22 +556,15 @@ def _read_imdb(path: Path) -> RawText:
 
 
 def _text_folder_split(root: Path, classes: list[str]) -> list[Example]:
-    unknown = [c for c in _class_dirs(root) if c not in classes]
-    if unknown:
-        raise DatasetError(f"text_folder: {root} has class folders {unknown} that are not in the train split")
+    check_split_classes(root, classes, "text_folder")
     return _read_class_files(root, classes)
 
 
 def _read_text_folder(path: Path) -> RawText:
     """path/train/<class>/*.txt with path/val (or valid)/<class> and/or path/test/<class>, or, without train/,
     path/<class>/*.txt. Classes are the sorted folder names of the train split; every file is one example."""
-    if not path.is_dir():
-        raise DatasetError(f"text_folder: expected a directory of class folders at {path}")
-    has_train = (path / "train").is_dir()
-    train_root = path / "train" if has_train else path
-    classes = _class_dirs(train_root)
-    if not classes:
-        raise DatasetError(f"text_folder: expected class folders (e.g. {train_root}/<class>/*.txt) in {train_root}")
+    train_root, classes = class_folder_layout(path, "text_folder", "*.txt")
+    has_train, train_root = train_root is not None, train_root or path
     train = _text_folder_split(train_root, classes)
     if not train:
         raise DatasetError(f"text_folder: found no {', '.join(TEXT_EXTENSIONS)} files under {train_root}")
@@ -590,7 +580,7 @@ def _read_text_folder(path: Path) -> RawText:
 def _is_text_folder(path: Path, probe: int = 100) -> bool:
     """Class folders whose first `probe` files include .txt files and no images."""
     root = path / "train" if (path / "train").is_dir() else path
-    files = (f for cls in _class_dirs(root) for f in (root / cls).rglob("*")
+    files = (f for cls in class_dirs(root) for f in (root / cls).rglob("*")
              if not f.name.startswith(".") and f.is_file())  # fmt: skip
     suffixes = {f.suffix.lower() for f in itertools.islice(files, probe)}
     return bool(suffixes & set(TEXT_EXTENSIONS)) and not suffixes & set(IMAGE_EXTENSIONS)

@@ -34,21 +34,27 @@ def as_size_pair(size: object) -> tuple[int, int] | None:
     return None
 
 
+@dataclasses.dataclass(kw_only=True)
 class ModelConfig:
-    """Mixin for the model config dataclasses; lists stand in for tuples in ``to_dict`` (JSON-ready)."""
+    """What the vision and text model configs share (they are dataclasses deriving from it): the settings
+    below, keyword-only, with the same defaults in both; lists stand in for tuples in ``to_dict``."""
 
-    # The encoder settings that every model config declares (each dataclass with its own defaults), read by
-    # ``TransformerClassifier.from_config``. Bare annotations: they add no dataclass fields here.
-    num_layers: int
-    num_heads: int
-    mlp_ratio: float
-    embed_dim: int
-    num_classes: int
-    positional_embedding: str
-    dropout: float
-    attn_dropout: float
-    drop_path: float
-    attn_impl: str
+    # Each model config also declares, with its own defaults, the encoder settings that
+    # ``TransformerClassifier.from_config`` reads: num_layers, num_heads, mlp_ratio, embed_dim, num_classes and
+    # positional_embedding.
+
+    # CCT tokenizer convolution: None = the paper's stride / padding (tokenizers.cct_conv_geometry)
+    conv_stride: int | None = None
+    conv_padding: int | None = None
+    pool_stride: int = 2
+    pool_padding: int = 1
+    # what training records for inference (classes, dataset, preprocessing, vocabulary); not part of the network
+    extra: dict = dataclasses.field(default_factory=dict)
+    # regularisation (the paper's "tuned" defaults) and the attention kernel
+    dropout: float = 0.0
+    attn_dropout: float = 0.1
+    drop_path: float = 0.1
+    attn_impl: str = "auto"
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

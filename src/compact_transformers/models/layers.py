@@ -97,16 +97,8 @@ class EncoderBlock(nn.Module):
     ``x = x + drop_path(dropout(linear2(dropout(gelu(linear1(x))))))``.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.1,
-        drop_path: float = 0.0,
-        attn_impl: str = "auto",
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout: float = 0.0, attn_dropout: float = 0.1,
+                 drop_path: float = 0.0, attn_impl: str = "auto") -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.pre_norm = nn.LayerNorm(dim)
@@ -225,20 +217,12 @@ class TransformerClassifier(nn.Module):
         """The encoder and head that a vision or text model config describes, for ``seq_len`` tokens of
         width ``embed_dim`` (default ``config.embed_dim``); ``variable_length``: also fewer tokens."""
         return cls(
-            embed_dim=config.embed_dim if embed_dim is None else embed_dim,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            num_classes=config.num_classes,
-            seq_len=seq_len,
-            pooling=pooling,
-            positional_embedding=config.positional_embedding,
-            dropout=config.dropout,
-            attn_dropout=config.attn_dropout,
-            drop_path=config.drop_path,
-            attn_impl=config.attn_impl,
+            embed_dim=config.embed_dim if embed_dim is None else embed_dim, num_layers=config.num_layers,
+            num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=config.num_classes, seq_len=seq_len,
+            pooling=pooling, positional_embedding=config.positional_embedding, dropout=config.dropout,
+            attn_dropout=config.attn_dropout, drop_path=config.drop_path, attn_impl=config.attn_impl,
             variable_length=variable_length,
-        )
+        )  # fmt: skip
 
     def forward_features(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens (B, N, d) -> pooled features (B, d). ``token_mask``: bool (B, N), True = real token."""

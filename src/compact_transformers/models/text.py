@@ -7,7 +7,7 @@ so appending padding to a sequence does not change its logits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,29 +25,22 @@ class TextConfig(ModelConfig):
     """Everything needed to build a text model; saved as JSON beside the weights."""
 
     family: str = "cct"
-    num_layers: int = 2
-    num_heads: int = 2
-    mlp_ratio: float = 1.0
-    embed_dim: int = 128
+    # the words: a vocabulary of word vectors (frozen pretrained ones in the paper), texts of up to seq_len
     vocab_size: int = 100_000
     word_dim: int = 300
     padding_idx: int | None = 1
     freeze_embedding: bool = False
     seq_len: int = 64
+    # the encoder and head
+    num_layers: int = 2
+    num_heads: int = 2
+    mlp_ratio: float = 1.0
+    embed_dim: int = 128
     num_classes: int = 4
     positional_embedding: str = "sine"
     patch_size: int = 4  # ViT-Lite / CVT
     kernel_size: int = 2  # CCT; stride / padding None = the paper's defaults (tokenizers.cct_conv_geometry)
-    conv_stride: int | None = None
-    conv_padding: int | None = None
     pool_kernel: int = 2
-    pool_stride: int = 2
-    pool_padding: int = 1
-    dropout: float = 0.0
-    attn_dropout: float = 0.1
-    drop_path: float = 0.1
-    attn_impl: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.family not in TEXT_FAMILIES:

@@ -27,22 +27,10 @@ class ConvTokenizer(nn.Module):
     pooling (the reference builds both this way, hence the shared key layout ``conv_layers.{i}.0``).
     """
 
-    def __init__(
-        self,
-        in_chans: int,
-        embed_dim: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        n_conv_layers: int = 1,
-        conv_width: int = 64,
-        pool_kernel: int = 3,
-        pool_stride: int = 2,
-        pool_padding: int = 1,
-        max_pool: bool = True,
-        activation: bool = True,
-        conv_bias: bool = False,
-    ) -> None:
+    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int, stride: int, padding: int,
+                 n_conv_layers: int = 1, conv_width: int = 64, pool_kernel: int = 3, pool_stride: int = 2,
+                 pool_padding: int = 1, max_pool: bool = True, activation: bool = True,
+                 conv_bias: bool = False) -> None:
         super().__init__()
         if n_conv_layers < 1:
             raise ConfigError(f"n_conv_layers must be >= 1, got {n_conv_layers}")
@@ -130,20 +118,9 @@ class TextConvTokenizer(nn.Module):
     token at all.
     """
 
-    def __init__(
-        self,
-        word_dim: int,
-        embed_dim: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        pool_kernel: int = 3,
-        pool_stride: int = 2,
-        pool_padding: int = 1,
-        max_pool: bool = True,
-        activation: bool = True,
-        keep_partial_patch: bool = False,
-    ) -> None:
+    def __init__(self, word_dim: int, embed_dim: int, kernel_size: int, stride: int, padding: int, pool_kernel: int = 3,
+                 pool_stride: int = 2, pool_padding: int = 1, max_pool: bool = True, activation: bool = True,
+                 keep_partial_patch: bool = False) -> None:
         super().__init__()
         if keep_partial_patch and (stride != kernel_size or padding != 0 or max_pool):
             raise ValueError("keep_partial_patch needs stride == kernel_size, padding 0 and no pooling")

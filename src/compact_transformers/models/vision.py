@@ -8,7 +8,7 @@ CCT        conv tokenizer (n x conv/pool) SeqPool      learnable / sine / none
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,21 +40,11 @@ class VisionConfig(ModelConfig):
     # CCT tokenizer; stride / padding None = the paper's defaults (tokenizers.cct_conv_geometry)
     kernel_size: int = 3
     n_conv_layers: int = 1
-    conv_stride: int | None = None
-    conv_padding: int | None = None
     conv_width: int = 64
     pool_kernel: int = 3
-    pool_stride: int = 2
-    pool_padding: int = 1
-    # regularisation (the paper's "tuned" defaults)
-    dropout: float = 0.0
-    attn_dropout: float = 0.1
-    drop_path: float = 0.1
-    attn_impl: str = "auto"
     # preprocessing metadata (not part of the network)
     mean: tuple[float, ...] = DATASET_STATS["cifar10"][0]
     std: tuple[float, ...] = DATASET_STATS["cifar10"][1]
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.img_size = to_pair(self.img_size)
@@ -81,17 +71,10 @@ class CompactTransformer(nn.Module):
         if config.family == "cct":
             stride, padding = cct_conv_geometry(config.kernel_size, config.conv_stride, config.conv_padding)
             self.tokenizer = ConvTokenizer(
-                in_chans=config.in_chans,
-                embed_dim=config.embed_dim,
-                kernel_size=config.kernel_size,
-                stride=stride,
-                padding=padding,
-                n_conv_layers=config.n_conv_layers,
-                conv_width=config.conv_width,
-                pool_kernel=config.pool_kernel,
-                pool_stride=config.pool_stride,
-                pool_padding=config.pool_padding,
-            )
+                in_chans=config.in_chans, embed_dim=config.embed_dim, kernel_size=config.kernel_size, stride=stride,
+                padding=padding, n_conv_layers=config.n_conv_layers, conv_width=config.conv_width,
+                pool_kernel=config.pool_kernel, pool_stride=config.pool_stride, pool_padding=config.pool_padding,
+            )  # fmt: skip
         else:
             height, width = config.img_size
             if height % config.patch_size or width % config.patch_size:

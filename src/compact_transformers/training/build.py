@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..augment import AugmentConfig, EvalTransform, TrainAugment
+from ..augment import AugmentConfig, EvalTransform, TrainAugment, WordDropout
 from ..data import ImageDataset, load_dataset, subset_per_class
-from ..data.text import PAD, TextDataset, detect_text_dataset, load_text_dataset, text_dataset_name
+from ..data.text import PAD, UNK, TextDataset, detect_text_dataset, load_text_dataset, text_dataset_name
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model, get_preset, load_model
 from ..models.vision import to_pair
@@ -97,9 +97,10 @@ def input_size(config: TrainConfig, data: ImageDataset | TextDataset) -> tuple[i
 
 def transforms(config: TrainConfig, data: ImageDataset | TextDataset,
                model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
-    """(training augmentation, evaluation transform) of uint8 images for ``model``; (None, None) for text."""
+    """(training augmentation, evaluation transform) for ``model``: of uint8 images; for text word dropout
+    (or None) and no evaluation transform."""
     if isinstance(data, TextDataset):
-        return None, None
+        return (WordDropout(config.word_dropout, UNK) if config.word_dropout > 0 else None), None
     augment_config = make_augment_config(config, input_size(config, data), model.config.mean, model.config.std)
     return TrainAugment(augment_config), EvalTransform(augment_config)
 

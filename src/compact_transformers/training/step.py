@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..augment import MixupCutmix, smooth_one_hot
+from ..augment import MixupCutmix, TrainAugment, smooth_one_hot
 from ..errors import DivergedError
 from .losses import DistillationLoss, SoftTargetCrossEntropy
 from .optim import build_optimizer
@@ -81,7 +81,7 @@ def build_step_tools(model: nn.Module, config: TrainConfig, *, num_classes: int,
     the global batch that the learning rate scales with). ``augment=None`` for inputs that need none (text);
     ``optimizer``: one built elsewhere (default: ``config``'s, with ``optimizer_kernel``)."""
     optimizer = optimizer if optimizer is not None else build_optimizer(model, config, kernel=optimizer_kernel)
-    mixes = augment is not None and (config.mixup > 0 or config.cutmix > 0)
+    mixes = isinstance(augment, TrainAugment) and (config.mixup > 0 or config.cutmix > 0)  # images only
     mixer = MixupCutmix(
         mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
         switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing, num_classes=num_classes,
