@@ -9,6 +9,7 @@ the budget may grow back up to the recipe's, epochs the user chose only ever shr
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from .distributed import DistInfo
 from .recipe import ConfigSource, TrainConfig, scaled_warmup_cooldown
 from .runtime import autocast_dtype, prepare_model, select_device
 from .step import Batch, build_step_tools, train_step
+
+logger = logging.getLogger(__name__)
 
 # Time-limited runs validate every k epochs so that validation takes at most this share of the budget.
 EVAL_SHARE = 0.04
@@ -89,9 +92,14 @@ class TimeBudget:
         fitted = fit_schedule(config, budget_seconds=self.seconds, elapsed=self.elapsed() + epoch_seconds,
                               epoch_seconds=epoch_seconds)
         if fitted is None:
-            return config.replace(eval_interval=interval)
-        self.max_epochs = config.epochs  # planned, not chosen: the refit may give back what the probe took
-        return source.resolve(epochs=fitted["epochs"], eval_interval=interval)
+            planned = config.replace(eval_interval=interval)
+        else:
+            self.max_epochs = config.epochs  # planned, not chosen: the refit may give back what the probe took
+            planned = source.resolve(epochs=fitted["epochs"], eval_interval=interval)
+        logger.info("time limit %.1f min, ~%.1f s per epoch here: %d epochs%s, validation every %d",
+                    self.seconds / 60, epoch_seconds, planned.epochs,
+                    "" if fitted is not None else " (all of the recipe's: they fit)", planned.eval_interval)
+        return planned
 
     def refit(self, config: TrainConfig, measured: EpochEstimate, test_share: float) -> dict | None:
         """After the first epoch: reserve time for the final evaluation (validation, and the test split
