@@ -126,9 +126,9 @@ class ModelSpec:
     def create(self, attn_impl: str = "auto") -> torch.nn.Module:
         from .models import create_model
 
-        if self.is_text:
+        if self.is_text:  # no attention dropout: the text recipe's (it uses word dropout instead)
             return create_model(self.name, attn_impl=attn_impl, seq_len=self.seq_len, vocab_size=TEXT_BENCH_VOCAB,
-                                word_dim=TEXT_BENCH_WORD_DIM, freeze_embedding=True)
+                                word_dim=TEXT_BENCH_WORD_DIM, freeze_embedding=True, attn_dropout=0.0)
         return create_model(self.name, attn_impl=attn_impl, img_size=self.img_size, in_chans=self.in_chans)
 
     def example(self, batch_size: int, device: torch.device, uint8: bool = False) -> tuple[torch.Tensor, ...]:
@@ -386,10 +386,11 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
     Training is THE step of `cct train` (`training.step.train_step`) with the paper's recipe: on-device
     augmentation of uint8 images (RandAugment, crops, flips), Mixup/CutMix, label smoothing, AdamW and the
     learning-rate schedule; the variant sets precision, memory layout, attention and optimizer kernel."""
-    from .augment import TrainAugment
+    from .augment import TrainAugment, WordDropout
+    from .data.text import UNK
     from .training.build import make_augment_config
     from .training.optim import MasterWeightOptimizer
-    from .training.recipe import TrainConfig
+    from .training.recipe import TrainConfig, apply_recipe
     from .training.runtime import prepare_input, prepare_model
     from .training.step import Batch, build_step_tools, train_step
 
@@ -412,12 +413,15 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
                 network(prepare_input(inputs[0], channels_last=variant.channels_last), *inputs[1:])
 
         return infer_step
-    recipe = TrainConfig(batch_size=batch_size)
+    # the recipe `cct train` uses for such data: the paper's for images, the text recipe (word dropout) for text
+    recipe = apply_recipe(TrainConfig(), "text", epochs=50) if spec.is_text else TrainConfig()
+    recipe = recipe.replace(batch_size=batch_size)
     optimizer = MasterWeightOptimizer(model, recipe) if low_precision else None
     if low_precision:
         model = model.to(dtype)
-    augment = None
-    if not spec.is_text:
+    if spec.is_text:
+        augment = WordDropout(recipe.word_dropout, UNK)
+    else:
         mean, std = (0.5,) * spec.in_chans, (0.25,) * spec.in_chans
         augment = TrainAugment(make_augment_config(recipe, spec.img_size, mean, std))
     tools = build_step_tools(
