@@ -282,3 +282,4 @@ def test_text_recipe_scales_word_dropout_with_the_epochs():
     assert brief.attn_drop == long.attn_drop == 0.0  # word dropout instead: cheaper on a CPU
     assert long.mixup == long.cutmix == 0.0 and long.aa is None and long.batch_size == 64
     assert (long.warmup_epochs, long.cooldown_epochs) == (2, 2)
+    assert long.model == "text_cct_2_1x1"  # text data needs a text model: the paper's CCT-2/1x1 by default

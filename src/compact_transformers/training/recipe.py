@@ -318,9 +318,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # sklearn's 8x8 digits upsampled to 16x16: RandAugment at magnitude 9 and mixup/cutmix wipe out
     # 16x16 strokes, and digits are not mirror-symmetric.
     "digits": {**_PLAIN_SMALL, "img_size": 16, "epochs": 30, "scale": (0.85, 1.0)},
-    # Text classification (paper appendix G): no image augmentation or mixing; regularisation scaled to the
-    # run by apply_recipe.
-    "text": {**_PLAIN_SMALL, "epochs": 50, "scale": (1.0, 1.0)},
+    # Text classification (paper appendix G), CCT-2/1x1 unless --model says otherwise: no image augmentation or
+    # mixing; regularisation scaled to the run by apply_recipe.
+    "text": {**_PLAIN_SMALL, "model": "text_cct_2_1x1", "epochs": 50, "scale": (1.0, 1.0)},
 }
 _SCALED_SCHEDULE = ("small", "digits", "text")
 
