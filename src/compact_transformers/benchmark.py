@@ -403,8 +403,8 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
     if mode == "infer":
         inputs = spec.example(batch_size, device)
         if low_precision:  # the model itself in low precision, no autocast casts
+            inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
             model, dtype = model.to(dtype), None
-            inputs = tuple(x.to(model.classifier.norm.weight.dtype) if x.is_floating_point() else x for x in inputs)
         network = torch.compile(model) if variant.compile else model
         network.eval()
 

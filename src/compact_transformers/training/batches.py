@@ -59,3 +59,16 @@ class DeviceBatches:
         )  # fmt: skip
         for images, labels in loader:
             yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
+
+
+def keep_on_device(data: ImageDataset | TextDataset, device: torch.device,
+                   splits: tuple[str, ...] = ("val", "test")) -> None:
+    """Move the tensors of ``data``'s evaluation splits to ``device`` once, in place, so that each validation
+    slices them there instead of copying them again (a no-op on the CPU)."""
+    for name in splits:
+        split = getattr(data, name)
+        if split is None:
+            continue
+        for field_name, value in vars(split).items():
+            if isinstance(value, torch.Tensor):
+                setattr(split, field_name, value.to(device))

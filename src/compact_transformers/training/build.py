@@ -128,11 +128,6 @@ def build_student(config: TrainConfig, data: ImageDataset | TextDataset, img_siz
             f"mean/std have {len(mean)}/{len(std)} values but the {data.name} images have {data.in_chans} "
             f"channel(s): pass --mean/--std with {data.in_chans} value(s), or none for the dataset's own"
         )
-    regularisation = {
-        key: value
-        for key, value in (("drop_path", config.drop_path), ("dropout", config.drop), ("attn_dropout", config.attn_drop))
-        if value is not None
-    }
     return create_model(
         config.model,
         pretrained=resolve_pretrained(config.pretrained),
@@ -144,8 +139,14 @@ def build_student(config: TrainConfig, data: ImageDataset | TextDataset, img_siz
         # what `cct eval` / `cct predict` need to see the data as validation did
         extra={"classes": list(data.classes), "dataset": data.name, "interpolation": config.interpolation,
                "seed": config.seed, "val_fraction": config.val_fraction, "flip_tta": config.uses_flip_tta},
-        **regularisation,
+        **_regularisation(config),
     )
+
+
+def _regularisation(config: TrainConfig) -> dict[str, float]:
+    """The model's dropout settings that ``config`` sets (the others keep the model's defaults)."""
+    given = (("drop_path", config.drop_path), ("dropout", config.drop), ("attn_dropout", config.attn_drop))
+    return {key: value for key, value in given if value is not None}
 
 
 def _build_text_student(config: TrainConfig, data: TextDataset) -> nn.Module:
@@ -157,11 +158,6 @@ def _build_text_student(config: TrainConfig, data: TextDataset) -> nn.Module:
     vectors = load_word_vectors(config.embeddings, data.vocab, seed=config.seed) if config.embeddings else None
     if vectors is None:
         logger.info("text: no --embeddings: the word embedding is learned from scratch")
-    regularisation = {
-        key: value
-        for key, value in (("drop_path", config.drop_path), ("dropout", config.drop), ("attn_dropout", config.attn_drop))
-        if value is not None
-    }
     model = create_model(
         config.model,
         pretrained=resolve_pretrained(config.pretrained),
@@ -176,7 +172,7 @@ def _build_text_student(config: TrainConfig, data: TextDataset) -> nn.Module:
                "val_fraction": config.val_fraction, "vocab": data.vocab.to_dict(), "data": config.data,
                "text_column": config.text_column, "label_column": config.label_column, "trec_fine": config.trec_fine,
                "embeddings": None if vectors is None else vectors.source},
-        **regularisation,
+        **_regularisation(config),
     )  # fmt: skip
     if vectors is not None and config.pretrained is None:
         with torch.no_grad():

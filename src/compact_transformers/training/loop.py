@@ -25,7 +25,7 @@ from ..data.text import TextDataset
 from ..errors import CheckpointError
 from ..fileio import atomic_write_text
 from ..models import load_model, save_model
-from .batches import DeviceBatches
+from .batches import DeviceBatches, keep_on_device
 from .budget import EpochEstimate, TimeBudget
 from .build import build_student, check_teacher, input_size, load_teacher, load_training_data, transforms
 from .distributed import DistInfo, all_reduce_sum, any_rank, cleanup, from_rank0, gather_objects, setup_distributed
@@ -94,6 +94,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     if teacher is not None:
         check_teacher(teacher, model, config.teacher)
     batches = DeviceBatches(data, config, device, info)
+    keep_on_device(data, device)  # validation and test splits too
     global_config = config.replace(batch_size=batches.global_batch)  # the lr scales with the global batch
     amp_dtype = autocast_dtype(device, config.amp)
     tools = build_step_tools(model, global_config, num_classes=data.num_classes, teacher=teacher,
