@@ -369,3 +369,11 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path: Path, 
     monkeypatch.setattr(cli, "cmd_info", buggy)
     with pytest.raises(ValueError, match="internal inconsistency"):
         main(["info"])
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", "."])
+def test_run_name_must_stay_inside_output(name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    output = tmp_path / "deep" / "runs"
+    assert main(["train", *TINY, "--output", str(output), "--name", name]) == 2
+    assert "a run name must be a single folder name" in error_line(capsys)
+    assert not any(tmp_path.rglob("config.yaml"))

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.build import is_text_data, load_training_data
     from .training.loop import train
     from .training.recipe import ConfigSource, explicit_args, pick_recipe
-    from .training.rundir import load_run_config
+    from .training.rundir import check_run_name, load_run_config
     from .training.runtime import tune_cpu
     from .training.yaml_config import load_yaml_config
 
@@ -97,12 +98,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         text = is_text_data(merged.get("dataset"), merged.get("data"))
         source = ConfigSource(pick_recipe(args.recipe, merged, text=text), from_file, given)
         config, budget, data = source.resolve(), None, None
+        if config.name is not None:
+            check_run_name(config.name)  # before any data is read
         if config.time_limit is not None:  # plan epochs (and the recipe's strength) for the budget
             budget = TimeBudget(config.time_limit, start=started)
             data = load_training_data(config)  # once: the probe and the run share it
             config = budget.plan(source, data)
         result = train(config, budget=budget, data=data)
-    return 130 if result.interrupted else 0
+    return 128 + result.signal if result.interrupted else 0
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -112,6 +115,8 @@ def _load_for_inference(source: str):
     from .models import create_model, get_preset, load_model
     from .training.state import run_model_dir
 
+    if source.startswith("hf-hub:"):
+        return load_model(source), None
     path = Path(source)
     model_path = run_model_dir(path)
     if model_path.exists():
@@ -122,7 +127,7 @@ def _load_for_inference(source: str):
             get_preset(source)
         except ValueError:
             raise CliError(f"model not found: {source} (expected a run directory, a saved model, a "
-                           ".safetensors file or a preset with released weights)") from None
+                           ".safetensors file, hf-hub:ORG/NAME or a preset with released weights)") from None
         return create_model(source, pretrained=True), None
     raise CliError(f"model not found: {source} (expected a run directory, a saved model or a .safetensors file)")
 
@@ -233,10 +238,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .training.runtime import autocast_dtype, prepare_input, prepare_model, select_device, tune_cpu
 
     tune_cpu()
-    model, _ = _load_for_inference(args.model)
+    if args.model.endswith(".onnx"):  # onnxruntime on the CPU, the preprocessing from the file's metadata
+        from .integrations.export import load_onnx
+
+        model, device = load_onnx(args.model), torch.device("cpu")
+        if model.config.seq_len is not None and "vocab" not in model.config.extra:
+            raise CliError(f"{args.model} is a text model without a vocabulary: export a trained model")
+    else:
+        model, _ = _load_for_inference(args.model)
+        device = select_device(args.device)
     config = model.config
     if "vocab" in config.extra:
-        return _predict_texts(args, model)
+        return _predict_texts(args, model, device)
     if args.file:
         raise CliError("--file gives texts, one per line, to a text model; this is an image model")
     if not args.inputs:
@@ -252,7 +265,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CliError(f"input not found: {path}")
     if not files:
         raise CliError(f"no images found in {' '.join(args.inputs)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    device = select_device(args.device)
     model = prepare_model(model, device).eval()
     transform = _eval_transform(config)
     classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
@@ -294,11 +306,11 @@ def _top_k(probs, classes: list[str], k: int) -> list[list[dict]]:
             for row_values, row_indices in zip(values.tolist(), indices.tolist())]  # fmt: skip
 
 
-def _predict_texts(args: argparse.Namespace, model) -> int:
+def _predict_texts(args: argparse.Namespace, model, device) -> int:
     """Top-k labels of texts: arguments, lines of --file, or lines of stdin (the argument "-")."""
     from .data.text import Vocabulary, encode_texts
     from .training.metrics import predict_text_logits
-    from .training.runtime import autocast_dtype, prepare_model, select_device
+    from .training.runtime import autocast_dtype, prepare_model
 
     texts = [text for text in args.inputs if text != "-"]
     if args.file:
@@ -309,7 +321,6 @@ def _predict_texts(args: argparse.Namespace, model) -> int:
         raise CliError('give texts to classify: as arguments, with --file FILE (one per line), or "-" for stdin')
     config = model.config
     ids, lengths = encode_texts(texts, Vocabulary.from_dict(config.extra["vocab"]), config.seq_len)
-    device = select_device(args.device)
     model = prepare_model(model, device).eval()
     classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
     for start in range(0, len(texts), args.batch_size):
@@ -328,9 +339,53 @@ def _predict_texts(args: argparse.Namespace, model) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .integrations.export import export_model
 
-    model, _ = _load_for_inference(args.model)
-    path = export_model(model, args.output, fmt=args.format, opset=args.opset)
+    output = args.output or args.output_path
+    if output is None:
+        raise CliError("give the output path: cct export MODEL OUTPUT (or --output OUTPUT)")
+    model, run_dir = _load_for_inference(args.model)
+    if args.format == "hub":
+        path = model.save_pretrained(output, card=_card_info(run_dir))
+        print(f"wrote {path} (config.json, model.safetensors, README.md): upload it with `cct hub push {path} ORG/NAME`")
+        return 0
+    if args.format == "hf":  # a transformers directory: config, weights, image processor or tokenizer
+        from .integrations.transformers import export_transformers
+
+        print(f"wrote {export_transformers(model, output)} (load it with transformers after importing "
+              "compact_transformers.integrations.transformers)")
+        return 0
+    path = export_model(model, output, fmt=args.format, opset=args.opset, name=args.model,
+                        verify=not args.no_verify, tolerance=args.tolerance)
     print(f"wrote {path}")
+    return 0
+
+
+def _card_info(run_dir: Path | None):
+    """A model card's results and recipe when the model comes from a run directory."""
+    from .training.rundir import CONFIG_FILE, run_card_info
+
+    return run_card_info(run_dir) if run_dir is not None and (run_dir / CONFIG_FILE).exists() else None
+
+
+def cmd_hub_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .models.hub import push_to_hub
+
+    model, run_dir = _load_for_inference(args.model)
+    with tempfile.TemporaryDirectory() as directory:
+        model.save_pretrained(directory, card=_card_info(run_dir))
+        url = push_to_hub(directory, args.repo_id, private=args.private, token=args.token)
+    print(f"pushed {args.model} to {url}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .models.weights import convert_checkpoint
+
+    model = convert_checkpoint(args.checkpoint, args.model_name, num_classes=args.num_classes)
+    path = model.save_pretrained(args.output)
+    print(f"wrote {path} ({args.model_name}, {model.config.num_classes} classes): "
+          f"load it with load_model({str(path)!r}) or `cct predict {path} ...`")
     return 0
 
 
@@ -342,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.recipe import add_config_arguments
 
     parser = argparse.ArgumentParser(prog="cct", description="Compact Transformers: train from scratch on small data.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", "--debug", action="store_true",
+                        help="debug logging, and tracebacks for errors too")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model (default: CCT-2 on the bundled digits)",
@@ -370,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     predict = commands.add_parser("predict", help="top-k labels for image files or folders, or for texts")
-    predict.add_argument("model", help="run directory, saved model directory or .safetensors file")
+    predict.add_argument("model", help="run directory, saved model directory, .safetensors file or .onnx file "
+                                       "(run by onnxruntime on the CPU)")
     predict.add_argument("inputs", nargs="*", help='image files or folders; for a text model texts ("-": stdin lines)')
     predict.add_argument("--file", help="text model: a file of texts, one per line")
     predict.add_argument("--top-k", type=int, default=3)
@@ -390,12 +447,34 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
 
-    export = commands.add_parser("export", help="export a model to ONNX or a torch.export program")
+    export = commands.add_parser("export", help="export a model: ONNX, torch.export, safetensors, Hugging Face Hub layout")
     export.add_argument("model", help="run directory, saved model, .safetensors file or preset name")
-    export.add_argument("--format", choices=("onnx", "pt2", "safetensors"), default="onnx")
-    export.add_argument("--output", required=True, help="output file (or directory for safetensors)")
+    export.add_argument("output_path", nargs="?", metavar="OUTPUT", help="output file (a directory for safetensors/hub)")
+    export.add_argument("--format", choices=("onnx", "pt2", "safetensors", "hub", "hf"), default="onnx",
+                        help="hub: config.json + model.safetensors + a model card README.md, as on the Hub")
+    export.add_argument("--output", help="the same as OUTPUT")
     export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--no-verify", action="store_true",
+                        help="onnx: skip the check of onnxruntime's logits against PyTorch's on a random batch")
+    export.add_argument("--tolerance", type=float, default=1e-4,
+                        help="onnx: the largest |difference| of the logits allowed, times max(1, max |logits|)")
     export.set_defaults(func=cmd_export)
+
+    hub = commands.add_parser("hub", help="the Hugging Face Hub: push a model (load one with hf-hub:ORG/NAME)")
+    hub_commands = hub.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
+    push = hub_commands.add_parser("push", help="upload a model with its model card to a Hub repository")
+    push.add_argument("model", help="run directory, saved model or .safetensors file")
+    push.add_argument("repo_id", help="ORG/NAME (created if missing)")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", help="Hub token (default: the one saved by `huggingface-cli login`, or $HF_TOKEN)")
+    push.set_defaults(func=cmd_hub_push)
+
+    convert = commands.add_parser("convert", help="turn the authors' .pth checkpoint into a saved model (Hub layout)")
+    convert.add_argument("checkpoint", help="the authors' .pth (or any state dict of a preset)")
+    convert.add_argument("--model", dest="model_name", required=True, help="the preset it was trained as, e.g. cct_7_3x1_32")
+    convert.add_argument("--num-classes", type=int, default=None, help="(default: read from the checkpoint's head)")
+    convert.add_argument("--output", required=True, help="output directory")
+    convert.set_defaults(func=cmd_convert)
 
     bench = commands.add_parser("bench", help="training / inference speed against an in-run baseline",
                                 description="Measure img/s, TFLOP/s against the measured matmul peak, "
@@ -411,6 +490,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _interrupt_on_sigterm() -> object:
+    """SIGTERM raises errors.Interrupted, so that it unwinds like Ctrl-C (the training loop installs its own
+    graceful handler while it runs) instead of killing the process without a word. Returns the previous
+    handler (None when handlers cannot be set: not the main thread)."""
+    from .errors import Interrupted
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -418,6 +512,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    previous_sigterm = _interrupt_on_sigterm()
+    try:
+        return _run(args)
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """A command, its errors turned into one line on stderr and the exit code."""
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe (`cct info | head`) shows up here, not at interpreter exit
@@ -440,9 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         return 2
-    except KeyboardInterrupt:
-        print(f"cct {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM as errors.Interrupted
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"cct {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -25,3 +25,18 @@ class CheckpointError(UserError, ValueError):
 
 class DivergedError(UserError, FloatingPointError):
     """Training produced a non-finite loss (usually a learning rate too high for the model)."""
+
+
+class HubError(UserError):
+    """The Hugging Face Hub could not be reached or refused an upload (network, login, permissions)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (like Ctrl-C for SIGINT) where no graceful stop is possible: set-up, final evaluation, eval/predict.
+
+    ``cct`` exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as shells do.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

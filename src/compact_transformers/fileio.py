@@ -16,10 +16,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files: follow the umask like other tools
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new directory in ``parent`` with the permissions the umask gives (mkdtemp's are 0700)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(directory, 0o777 & ~current_umask())
+    return directory
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

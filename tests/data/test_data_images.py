@@ -1,12 +1,15 @@
 """Flowers-102 and ImageFolder readers (tiny image files written by the tests)."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from compact_transformers.data import DatasetError, FolderStream, detect_dataset, load_dataset
+from compact_transformers.data.images import decode_image
 
 
 def _flowers(root, fakes, labels, trnid, valid, tstid):
@@ -118,3 +121,63 @@ def test_folder_errors(tmp_path, fakes, rng):
     _folder(tmp_path / "val", fakes, rng, {"zebra": 1})
     with pytest.raises(DatasetError, match=r"\['zebra'\] that are not in the train split"):
         load_dataset("folder", tmp_path)
+
+
+def test_16_bit_png_decodes_to_the_8_bit_range_not_all_white(tmp_path: Path) -> None:
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")  # Pillow keeps the 16 bits
+        clipped = np.array(im.convert("L"))
+    assert (clipped == 255).mean() > 0.9  # Pillow's plain conversion clips: the bug this guards against
+    gray = decode_image(tmp_path / "deep.png", None, "L")[..., 0]
+    np.testing.assert_array_equal(gray, np.rint(ramp / 257).astype(np.uint8))
+    rgb = decode_image(tmp_path / "deep.png", None, "RGB")
+    assert rgb.shape == (32, 32, 3) and all(np.array_equal(rgb[..., c], gray) for c in range(3))
+    resized = decode_image(tmp_path / "deep.png", (16, 16), "L")
+    assert 100 < resized.mean() < 155  # a ramp over the full range averages mid-grey
+
+
+def test_float_tiff_in_0_1_decodes_by_255(tmp_path: Path) -> None:
+    values = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    gray = decode_image(tmp_path / "float.tif", None, "L")[..., 0]
+    np.testing.assert_array_equal(gray, np.rint(values * 255).astype(np.uint8))
+
+
+def test_folder_needs_two_classes_with_readable_images(tmp_path, fakes, rng):
+    _folder(tmp_path / "one", fakes, rng, {"only": 6})
+    with pytest.raises(DatasetError, match="at least two classes with readable images.*only 6"):
+        load_dataset("folder", tmp_path / "one")
+    _folder(tmp_path / "two", fakes, rng, {"good": 6})
+    (tmp_path / "two" / "bad").mkdir()
+    for i in range(3):
+        (tmp_path / "two" / "bad" / f"{i}.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="bad 0, good 6"):
+        load_dataset("folder", tmp_path / "two")
+
+
+def test_folder_warns_once_with_counts_about_empty_and_shrunk_classes(tmp_path, fakes, rng, caplog):
+    _folder(tmp_path, fakes, rng, {"a": 5, "b": 5})
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "b" / "broken.png").write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset("folder", tmp_path)
+    assert ds.classes == ["a", "b", "empty"]
+    lost = [r.getMessage() for r in caplog.records if "lost images" in r.getMessage()]
+    assert len(lost) == 1 and "b 5 of 6" in lost[0] and "empty 0 of 0" in lost[0] and "a 5" not in lost[0]
+
+
+def test_folder_with_one_image_per_class_loads(tmp_path, fakes, rng):
+    _folder(tmp_path, fakes, rng, {"a": 1, "b": 1, "c": 1})
+    ds = load_dataset("folder", tmp_path)
+    assert len(ds.train) + len(ds.val) == 3 and len(ds.train) >= 1
+
+
+def test_folder_of_huge_images_defaults_to_224_not_their_size(tmp_path, fakes, rng, caplog):
+    _folder(tmp_path / "train", fakes, rng, {"a": 2, "b": 2}, size=(400, 500))
+    _folder(tmp_path / "val", fakes, rng, {"a": 1, "b": 1}, size=(400, 500))
+    with caplog.at_level(logging.INFO):
+        ds = load_dataset("folder", tmp_path)
+    assert ds.image_size == (224, 224) and "--img-size" in caplog.text
+    assert load_dataset("folder", tmp_path, image_size=(400, 500)).image_size == (400, 500)

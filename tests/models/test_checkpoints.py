@@ -146,3 +146,27 @@ def test_a_malformed_or_foreign_config_json_is_a_checkpoint_error_naming_the_fil
         with pytest.raises(CheckpointError, match=reason) as error:
             load_model(tmp_path / "m")
         assert "config.json" in str(error.value) or str(tmp_path / "m") in str(error.value)
+
+
+def test_saved_model_whose_head_does_not_match_its_config_is_refused(tmp_path) -> None:
+    """Weights with a 5-class head and a 2-class config: never a random head for eval/predict/resume."""
+    import json
+
+    from compact_transformers.cli import main
+    from compact_transformers.errors import CheckpointError
+    from compact_transformers.models import load_model, save_model
+
+    save_model(create_model("cct_2_3x2_32", num_classes=5, img_size=(16, 16)), tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    config["num_classes"] = 2
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"head has 5 classes .* config 2"):
+        load_model(tmp_path / "model")
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "x.png")]) == 2
+    # fine-tuning still gets a new head of the asked class count
+    with pytest.warns(UserWarning, match="newly initialised"):
+        tuned = create_model("cct_2_3x2_32", num_classes=2, img_size=(16, 16), pretrained=tmp_path / "model")
+    assert tuned.config.num_classes == 2

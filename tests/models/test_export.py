@@ -1,4 +1,4 @@
-"""Deployment: torch.export with a dynamic batch, ONNX through onnxruntime, torch.compile(fullgraph)."""
+"""Deployment: torch.export with a dynamic batch, torch.compile(fullgraph); ONNX is in tests/integrations/test_onnx.py."""
 
 from __future__ import annotations
 
@@ -41,28 +41,6 @@ def test_torch_export_with_dynamic_batch(case: str) -> None:
             got = exported(images)
         assert got.shape == (batch, model.num_classes)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
-def test_onnx_export_runs_in_onnxruntime(case: str) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    model, program = _exported(case)
-    onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
-    session = ort.InferenceSession(
-        onnx_program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
-    )
-    (input_info,) = session.get_inputs()
-    assert not isinstance(input_info.shape[0], int), "the batch dimension should be symbolic"
-    shape = CASES[case][2]
-    for batch in (1, 3):
-        images = torch.randn(batch, *shape)
-        (got,) = session.run(None, {input_info.name: images.numpy()})
-        with torch.no_grad():
-            expected = model(images)
-        assert got.shape == (batch, model.num_classes)
-        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=0)
 
 
 def test_compile_fullgraph_captures_the_whole_model() -> None:

@@ -3,8 +3,12 @@ interruption (at an epoch boundary and mid-epoch), fine-tuning from a saved run,
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from compact_transformers.models import create_model, load_model
 from compact_transformers.models.weights import save_model
 from compact_transformers.training import budget, build, loop
 from compact_transformers.training import step as step_module
+from compact_transformers.training.distributed import DistInfo
 from compact_transformers.training.losses import SoftTargetCrossEntropy
 from compact_transformers.training.recipe import TrainConfig, apply_recipe
 from compact_transformers.training.rundir import load_run_config
@@ -304,6 +309,35 @@ def test_time_limited_run_validates_first_every_kth_and_last_epoch(tmp_path: Pat
     assert validated == [1, 3, 5]  # the first (to time validation for the plan), every 3rd, the last
     plain = loop.train(tiny_config(tmp_path, "plain", epochs=5, eval_interval=3))
     assert [r["epoch"] for r in read_records(plain.run_dir) if "val_top1" in r] == [3, 5]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config(tmp_path, "x").replace(quiet=False)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = loop._progress(config, DistInfo(), epoch=0, steps=3, start=0)
+    assert bar is not None and bar.total == 3
+    bar.close()
+    assert loop._progress(config.replace(quiet=True), DistInfo(), epoch=0, steps=3, start=0) is None
+    assert loop._progress(config, DistInfo(rank=1, world_size=2), epoch=0, steps=3, start=0) is None
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no bar
+    assert loop._progress(config, DistInfo(), epoch=0, steps=3, start=0) is None
+
+
+def test_cct_train_into_a_log_file_writes_one_line_per_epoch_and_no_carriage_returns(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    with open(log, "w") as stderr:  # as `cct train > train.log 2>&1`, or a CI log
+        subprocess.run([sys.executable, "-m", "compact_transformers.cli", "train", "--model", MODEL, "--epochs", "2",
+                        "--samples-per-class", "5", "--batch-size", "16", "--device", "cpu",
+                        "--output", str(tmp_path), "--name", "logged"], stderr=stderr, check=True)  # fmt: skip
+    text = log.read_bytes().decode()  # read_text() would turn carriage returns into newlines
+    assert "\r" not in text
+    assert len(re.findall(r"^epoch \d+/2 \| loss ", text, flags=re.MULTILINE)) == 2, text
+    assert (tmp_path / "logged" / "final.json").exists()
 
 
 @pytest.mark.slow

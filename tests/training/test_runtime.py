@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -125,3 +126,12 @@ def test_tune_cpu_changes_speed_settings_not_results() -> None:
 def test_autocast_dtype_follows_the_amp_switch() -> None:
     assert autocast_dtype(CPU, amp=False) is None
     assert autocast_dtype(CPU, amp=True) in (None, torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["tpu", "xla", "meta", "hpu", "cuda:x", "gpu"])
+def test_unsupported_devices_are_config_errors(name: str) -> None:
+    from compact_transformers.errors import ConfigError
+    from compact_transformers.training.runtime import select_device
+
+    with pytest.raises(ConfigError, match="device"):
+        select_device(name)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import errno
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from compact_transformers.training import state as state_module
 from compact_transformers.training.state import (
     STATE_FILE,
     checkpoint_dir,
+    clean_checkpoints,
     load_state,
     rng_state,
     save_checkpoint,
@@ -89,13 +93,16 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytes
     save_checkpoint(target, old, {"epoch": 1})
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise OSError("disk full")
+        if failing == "torch.save":  # what torch.save raises when the disk fills up
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . basic_ios::clear: iostream error")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     if failing == "torch.save":
         monkeypatch.setattr(state_module.torch, "save", broken)
+        monkeypatch.setattr(state_module.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
     else:
         monkeypatch.setattr(state_module, "save_model", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"cannot write the checkpoint .*last: the disk is full .* intact"):
         save_checkpoint(target, small_model(1), {"epoch": 2})
     monkeypatch.undo()
     assert load_state(target)["epoch"] == 1
@@ -111,6 +118,24 @@ def test_checkpoint_dir_finds_last_and_the_survivor_of_an_interrupted_swap(tmp_p
     # killed between the two renames: only `.last.old` holds the checkpoint
     (run / "checkpoints" / "last").rename(run / "checkpoints" / ".last.old")
     assert checkpoint_dir(run) == run / "checkpoints" / ".last.old"
+
+
+def test_checkpoint_dir_falls_back_to_best_before_the_first_last(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "checkpoints" / "best", small_model(0), {"epoch": 1})
+    assert checkpoint_dir(tmp_path) == tmp_path / "checkpoints" / "best"
+
+
+def test_clean_checkpoints_finishes_cut_swaps_and_removes_temporaries(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder / "last", small_model(0), {"epoch": 1})
+    save_checkpoint(folder / "best", small_model(0), {"epoch": 1})
+    (folder / "last").rename(folder / ".last.old")  # killed between the renames of epoch 2's swap
+    save_checkpoint(folder / "scratch", small_model(1), {"epoch": 2})
+    (folder / "scratch").rename(folder / ".last.new")
+    (folder / ".best.tmp.abc123").mkdir()  # killed while writing
+    clean_checkpoints(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["best", "last"]
+    assert load_state(folder / "last")["epoch"] == 2
 
 
 def test_checkpoint_dir_without_checkpoint_names_the_expected_file(tmp_path: Path) -> None:
@@ -134,7 +159,7 @@ def test_load_state_refuses_pickled_code(tmp_path: Path) -> None:
         load_state(tmp_path / "last")
 
 
-def test_failed_swap_leaves_a_survivor_that_the_next_save_keeps_until_replaced(
+def test_failed_swap_leaves_the_newer_copy_that_the_next_save_promotes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "checkpoints" / "last"
@@ -150,21 +175,62 @@ def test_failed_swap_leaves_a_survivor_that_the_next_save_keeps_until_replaced(
     with pytest.raises(OSError, match="mid-swap"):
         save_checkpoint(target, small_model(1), {"epoch": 2})
     monkeypatch.undo()
-    survivor = checkpoint_dir(tmp_path)
-    assert survivor.name == ".last.old" and load_state(survivor)["epoch"] == 1
+    survivor = checkpoint_dir(tmp_path)  # the complete newer copy, not the older `.last.old`
+    assert survivor.name == ".last.new" and load_state(survivor)["epoch"] == 2
+    assert load_state(target.with_name(".last.old"))["epoch"] == 1
 
-    # the next save must not delete the survivor before its replacement is in place
-    removed: list[Path] = []
+    # the next save never removes a copy before a newer complete one is in place
     rmtree = state_module.shutil.rmtree
 
-    def recording_rmtree(path: object, ignore_errors: bool = False) -> None:
-        if Path(path) == survivor:
-            assert load_state(target)["epoch"] == 3, "the survivor was removed before the new checkpoint landed"
-        removed.append(Path(path))
+    def checking_rmtree(path: object, ignore_errors: bool = False) -> None:
+        if Path(path).name in (".last.old", ".last.new"):
+            assert (target / STATE_FILE).exists(), f"{path} removed while no `last` exists"
         rmtree(path, ignore_errors=ignore_errors)
 
-    monkeypatch.setattr(state_module.shutil, "rmtree", recording_rmtree)
+    monkeypatch.setattr(state_module.shutil, "rmtree", checking_rmtree)
     save_checkpoint(target, small_model(2), {"epoch": 3})
-    assert survivor in removed
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last"]
     assert load_state(checkpoint_dir(tmp_path))["epoch"] == 3
     assert sorted(p.name for p in target.parent.iterdir()) == ["last"]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch SHOULD_NOT_EXIST",))
+
+
+def test_damaged_or_hostile_training_states_are_one_line_errors(tmp_path, monkeypatch) -> None:
+    from compact_transformers.errors import CheckpointError
+    from compact_transformers.training.state import load_state
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="state.pt is missing"):
+        load_state(tmp_path)
+    (tmp_path / "state.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="state.pt is empty"):
+        load_state(tmp_path)
+    (tmp_path / "state.pt").write_bytes(b"\x80\x04garbage" * 5)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_state(tmp_path)
+    torch.save({"x": _RunsCode()}, tmp_path / "state.pt")
+    with pytest.raises(CheckpointError) as caught:
+        load_state(tmp_path)
+    message = str(caught.value)
+    assert "refusing to load" in message and "nothing was executed" in message
+    assert "weights_only" not in message and "likely succeed" not in message and "\n" not in message
+    assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "checkpoints" / "last", small_model(0), {"epoch": 1})
+    finally:
+        os.umask(previous)
+    last = tmp_path / "checkpoints" / "last"
+    assert stat.S_IMODE(last.stat().st_mode) == 0o755
+    for name in ("model.safetensors", "config.json", STATE_FILE):
+        assert stat.S_IMODE((last / name).stat().st_mode) == 0o644, name

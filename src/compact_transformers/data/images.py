@@ -36,6 +36,28 @@ def read_header(path: Path) -> tuple[str, tuple[int, int]] | None:
         return None
 
 
+def as_8bit(im):
+    """A 16-bit, 32-bit integer or float image rescaled to 8 bits ('L'); any other image as it is.
+
+    Pillow's own ``convert("L")`` clips such pixels at 255, which turns a 16-bit PNG all white. Here 16-bit
+    values map by 255/65535; 32-bit integers by their range (8-bit values kept, else 16-bit); floats in [0, 1]
+    by 255 (other floats by the same rule as integers).
+    """
+    from PIL import Image
+
+    if im.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return im
+    values = np.asarray(im, dtype=np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    if im.mode.startswith("I;16"):
+        scale = 255 / 65535
+    elif im.mode == "F" and float(values.min(initial=0.0)) >= 0.0 and peak <= 1.0:
+        scale = 255.0
+    else:
+        scale = 1.0 if peak <= 255 else 255 / 65535 if peak <= 65535 else 255 / peak
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), mode="L")
+
+
 def decode_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndarray:
     """Decode one file to a uint8 array (H, W, C) in `mode` ('RGB' or 'L').
 
@@ -50,7 +72,7 @@ def decode_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndar
             scale = max(h / im.height, w / im.width)
             # Let the JPEG decoder downscale by a power of two first (much faster, stays >= the needed size).
             im.draft(mode, (max(1, round(im.width * scale)), max(1, round(im.height * scale))))
-        im = im.convert(mode)
+        im = as_8bit(im).convert(mode)
         if size is not None and (im.height, im.width) != size:
             h, w = size
             scale = max(h / im.height, w / im.width)

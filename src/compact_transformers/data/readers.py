@@ -15,6 +15,7 @@ import logging
 import pickle
 import struct
 import tarfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,6 +397,35 @@ def _list_split(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
+# The largest shared image size used as the model's input without --img-size: beyond it the token count (and
+# with it memory and time) of a compact transformer explodes, e.g. 5000x5000 images would mean 1.5M tokens.
+MAX_DEFAULT_SIDE = 384
+DEFAULT_IMAGE_SIZE = (224, 224)
+
+
+def _default_image_size(sizes: list[tuple[int, int]], root: Path) -> tuple[int, int]:
+    """The images' shared size if they have one and it is moderate, else 224 x 224 (said in the log)."""
+    if len(set(sizes)) == 1 and max(sizes[0]) <= MAX_DEFAULT_SIDE:
+        return sizes[0]
+    reason = "sizes differ" if len(set(sizes)) > 1 else f"they are {sizes[0][0]}x{sizes[0][1]}"
+    logger.info("folder: images under %s are resized to %dx%d (%s); choose another size with --img-size",
+                root, *DEFAULT_IMAGE_SIZE, reason)
+    return DEFAULT_IMAGE_SIZE
+
+
+def _check_class_counts(root: Path, classes: list[str], listed: list[int], usable: list[int]) -> None:
+    """At least two classes with usable training images; one warning naming the classes that lost images."""
+    found, kept = Counter(listed), Counter(usable)
+    if sum(1 for label in range(len(classes)) if kept[label]) < 2:
+        counts = ", ".join(f"{name} {kept[i]}" for i, name in enumerate(classes))
+        raise DatasetError(f"folder: {root} needs at least two classes with readable images; usable images per "
+                           f"class: {counts}")
+    losses = [f"{name} {kept[i]} of {found[i]}" for i, name in enumerate(classes) if kept[i] < found[i] or not found[i]]
+    if losses:
+        logger.warning("folder: some classes under %s lost images (usable of found; unreadable files are skipped, "
+                       "an empty class is never seen in training): %s", root, ", ".join(losses))
+
+
 def read_folder(
     path: Path,
     image_size: tuple[int, int] | None,
@@ -420,6 +450,7 @@ def read_folder(
                 f"folder: expected {path}/val or {path}/test next to {path}/train (or pass val_fraction > 0)"
             )
 
+    listed_train = list(lists["train"][1])
     # Header pass: drop unreadable files, learn the modes and sizes without decoding.
     skipped = 0
     modes, sizes = set(), []
@@ -436,9 +467,10 @@ def read_folder(
         lists[split] = ([files[i] for i in keep], [labels[i] for i in keep])
     if not lists["train"][0]:
         raise DatasetError(f"folder: found no readable images ({', '.join(IMAGE_EXTENSIONS)}) under {train_root}")
+    _check_class_counts(train_root, classes, listed=listed_train, usable=lists["train"][1])
     mode = "L" if modes <= set(GRAY_MODES) else "RGB"
     if image_size is None:
-        image_size = sizes[0] if len(set(sizes)) == 1 else (224, 224)
+        image_size = _default_image_size(sizes, path)
 
     # Validation split: the official val/, else carved out of train (test/ then stays the test split).
     if "val" not in lists:

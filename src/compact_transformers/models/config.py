@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import TypeVar
 
 from ..errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound="ModelConfig")
+POSITIONAL_EMBEDDINGS = ("learnable", "sine", "none")
 
 
 def to_pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -55,6 +57,32 @@ class ModelConfig:
     attn_dropout: float = 0.1
     drop_path: float = 0.1
     attn_impl: str = "auto"
+
+    def check(self, positive: tuple[str, ...]) -> None:
+        """Raise ConfigError for settings no model can be built from: the encoder's (shared) and ``positive``,
+        the integer settings of the config's own tokenizer that must be at least 1."""
+        for name in ("num_layers", "num_heads", "embed_dim", *positive):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ConfigError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
+        hidden = self.embed_dim * self.mlp_ratio
+        if not (self.mlp_ratio > 0 and math.isfinite(hidden) and int(hidden) >= 1):
+            raise ConfigError(f"mlp_ratio must be positive (a hidden width of at least 1), got {self.mlp_ratio!r}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
+        if self.positional_embedding not in POSITIONAL_EMBEDDINGS:
+            raise ConfigError(f"positional_embedding must be one of {POSITIONAL_EMBEDDINGS}, "
+                              f"got {self.positional_embedding!r}")
+        for name in ("conv_stride", "conv_padding"):
+            value = getattr(self, name)
+            if value is not None and value < (1 if name == "conv_stride" else 0):
+                raise ConfigError(f"{name} must be {'>= 1' if name == 'conv_stride' else '>= 0'}, got {value!r}")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .config import ModelConfig
+from .hub import HubMixin
 from .layers import ATTENTION_IMPLS, TransformerClassifier, init_reference_weights
 from .tokenizers import TextConvTokenizer, cct_conv_geometry
 
@@ -47,6 +48,7 @@ class TextConfig(ModelConfig):
             raise ConfigError(f"text family must be one of {TEXT_FAMILIES}, got {self.family!r}")
         if self.attn_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
+        self.check(positive=("vocab_size", "word_dim", "seq_len", "patch_size", "kernel_size", "pool_kernel"))
         if self.family in ("vit_lite", "cvt") and self.seq_len % self.patch_size:
             raise ConfigError(f"seq_len {self.seq_len} must be divisible by patch_size {self.patch_size}")
 
@@ -80,7 +82,7 @@ class Embedder(nn.Module):
         return x
 
 
-class TextCompactTransformer(nn.Module):
+class TextCompactTransformer(HubMixin, nn.Module):
     """Text classifier. ``forward(ids (B, L) long, mask (B, L) bool = real token)`` -> logits.
 
     Sequences are right-padded. With ``mask=None`` the mask is ``ids != padding_idx``.

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .config import ModelConfig, to_pair  # to_pair is also imported from here (training)
+from .hub import HubMixin
 from .layers import ATTENTION_IMPLS, TransformerClassifier, init_reference_weights
 from .stats import DATASET_STATS
 from .tokenizers import ConvTokenizer, cct_conv_geometry, patch_embed
@@ -53,16 +54,27 @@ class VisionConfig(ModelConfig):
             raise ConfigError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.attn_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
-        for name in ("num_layers", "num_heads", "embed_dim", "in_chans", "patch_size", "kernel_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 0:
-            raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
+        self.check(positive=("in_chans", "patch_size", "kernel_size", "n_conv_layers", "conv_width", "pool_kernel"))
         if min(self.img_size) < 1:
             raise ConfigError(f"img_size must be positive, got {self.img_size}")
+        # one value for every channel, or per-channel values for a single-channel model (their mean)
+        self.mean, self.std = (_per_channel(values, self.in_chans) for values in (self.mean, self.std))
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ConfigError(f"mean and std need one value per input channel ({self.in_chans}), "
+                              f"got {len(self.mean)} and {len(self.std)}")
+        if min(self.std) <= 0:
+            raise ConfigError(f"std values must be positive, got {self.std}")
 
 
-class CompactTransformer(nn.Module):
+def _per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    if len(values) == 1 and channels > 1:
+        return values * channels
+    if channels == 1 and len(values) > 1:
+        return (sum(values) / len(values),)
+    return values
+
+
+class CompactTransformer(HubMixin, nn.Module):
     """A ViT-Lite, CVT or CCT image classifier. Input (B, C, H, W) float, output logits (B, classes)."""
 
     def __init__(self, config: VisionConfig) -> None:
@@ -100,6 +112,15 @@ class CompactTransformer(nn.Module):
     def num_classes(self) -> int:
         return self.config.num_classes
 
+    @property
+    def in_chans(self) -> int:
+        return self.config.in_chans
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features that the head reads (timm's name for it)."""
+        return self.config.embed_dim
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> pooled features (B, embed_dim), before the head."""
         if x.ndim != 4:
@@ -107,11 +128,27 @@ class CompactTransformer(nn.Module):
         self.tokenizer.check_input(x.shape[2], x.shape[3], x.shape[1])
         return self.classifier.forward_features(self.tokenizer(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.fc(self.forward_features(x))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features -> logits (``pre_logits``: the features themselves). Pooling (SeqPool or the class
+        token) belongs to :meth:`forward_features` here, unlike timm's models, where it is part of the head."""
+        return x if pre_logits else self.classifier.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a freshly initialised one for ``num_classes`` (0 = no head)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.fc
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that are not weight-decayed besides norms and biases (read by timm's optimizer factory)."""
+        names = {"classifier.positional_emb", "classifier.class_emb"}
+        return {name for name, _ in self.named_parameters() if name in names}
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a freshly initialised one for ``num_classes`` (0 = no head). ``global_pool``:
+        timm's argument, which must stay None: the pooling (SeqPool or a class token) is fixed by the family."""
+        if global_pool is not None:
+            raise ConfigError(f"global_pool must be None (the pooling is fixed by the family), got {global_pool!r}")
         head: nn.Module = nn.Identity()
         if num_classes > 0:
             head = nn.Linear(self.config.embed_dim, num_classes)

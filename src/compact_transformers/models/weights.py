@@ -8,6 +8,7 @@ safetensors metadata, so the ``.safetensors`` file alone rebuilds its model. ``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -21,8 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..faults import kill_point
 from ..fileio import atomic_write
+from .hub import HUB_PREFIX, hub_snapshot
 from .layers import resize_positional_embedding, sinusoidal_table
 from .presets import build_model, get_preset
 from .text import TextConfig
@@ -45,15 +48,27 @@ def cache_dir() -> Path:
 # ---------------------------------------------------------------------------------------------- saving
 
 
+# Kinds of model defined by an integration -> its module, whose ``config_from_dict(data)`` reads such a config
+# and whose config's ``build()`` makes the model. Imported only when such a model is loaded: models/ never
+# imports integrations at module level.
+EXTERNAL_KINDS = {"timm": "compact_transformers.integrations.timm"}
+
+
 def model_config(model: nn.Module) -> dict:
     config = model.config
-    kind = "text" if isinstance(config, TextConfig) else "vision"
+    kind = getattr(config, "kind", "text" if isinstance(config, TextConfig) else "vision")
     return {"kind": kind, **config.to_dict()}
 
 
 def config_from_dict(data: dict) -> VisionConfig | TextConfig:
+    """The config object of a saved ``model_config`` dict: its ``kind`` picks the class (an integration's
+    kind, the integration's config class)."""
     data = dict(data)
     kind = data.pop("kind", "vision")
+    if kind in EXTERNAL_KINDS:
+        return importlib.import_module(EXTERNAL_KINDS[kind]).config_from_dict(data)
+    if kind not in ("vision", "text"):
+        raise ConfigError(f"unknown model kind {kind!r}; expected vision, text or {', '.join(EXTERNAL_KINDS)}")
     return TextConfig.from_dict(data) if kind == "text" else VisionConfig.from_dict(data)
 
 
@@ -65,13 +80,17 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     metadata = {_CONFIG_METADATA_KEY: json.dumps(config)}
     weights_path = path if path.suffix == ".safetensors" else path / WEIGHTS_FILE
     atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    kill_point(f"weights-written-{path.name}")
     if path.suffix != ".safetensors":
         atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return weights_path
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save_model` (directory or ``.safetensors`` file)."""
+    """Rebuild a model saved by :func:`save_model` (directory or ``.safetensors`` file) or one on the Hugging
+    Face Hub (``hf-hub:org/name``)."""
+    if str(path).startswith(HUB_PREFIX):
+        path = hub_snapshot(str(path))
     path = Path(path)
     if path.is_dir():
         weights_path = path / WEIGHTS_FILE
@@ -89,7 +108,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
         model_config = config_from_dict(config)
     except (ValueError, TypeError) as error:  # keys or values that no model of this version has
         raise CheckpointError(f"{path}: its model config does not describe a model: {error}") from None
-    model = build_model(model_config)
+    if isinstance(model_config, (VisionConfig, TextConfig)):
+        model = build_model(model_config)
+    else:  # an integration's config builds its own model (see EXTERNAL_KINDS)
+        model = model_config.build()
     load_weights(model, read_state_dict(weights_path), source=str(weights_path))
     return model.to(device)
 
@@ -140,30 +162,31 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise CheckpointError(_unpickling_message(path, error)) from None
+            raise CheckpointError(unpickling_message(path, error)) from None
         except Exception as error:  # torch.load raises many types on damaged files (EOF, zip, seek, ...)
-            reason = ": ".join(filter(None, (type(error).__name__, _first_sentence(str(error)))))
+            reason = ": ".join(filter(None, (type(error).__name__, first_sentence(str(error)))))
             raise CheckpointError(f"cannot read {path}: corrupt or truncated checkpoint ({reason})") from None
     return _unwrap(state, path)
 
 
-def _unpickling_message(path: Path, error: pickle.UnpicklingError) -> str:
+def unpickling_message(path: Path, error: pickle.UnpicklingError) -> str:
     """One line for a refused ``.pth``: unsafe objects (never executed) or simply not a checkpoint.
 
     torch's own text is several lines long and suggests ``weights_only=False``; only its diagnosis is kept.
     """
-    text = str(error)
-    detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
-    detail = _first_sentence(detail)
-    if "Unsupported global" in detail:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line.split("WeightsUnpickler error:", 1)[-1].strip() for line in lines
+                   if "global" in line.lower() or "WeightsUnpickler error:" in line), "")  # fmt: skip
+    detail = first_sentence(detail)
+    if "global" in detail.lower():
         return (
             f"refusing to load {path}: it contains objects other than tensors, which could run code "
-            f"(nothing was executed; {detail})"
+            f"(nothing was executed; {detail.rstrip('.')})"
         )
     return f"cannot read {path}: not a PyTorch checkpoint of tensors, or corrupt ({detail or type(error).__name__})"
 
 
-def _first_sentence(text: str) -> str:
+def first_sentence(text: str) -> str:
     """The first non-empty line of ``text``, cut after its first sentence."""
     line = next((part.strip() for part in text.splitlines() if part.strip()), "")
     end = line.find(". ")
@@ -215,9 +238,12 @@ def fetch_weights(url: str, timeout: float = 30.0) -> Path:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fit a state dict to ``model``: resize a learnable positional embedding to the model's token grid,
-    regenerate a sinusoidal table of another length, and replace a head of another class count (warning)."""
+def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor],
+                     new_head: bool = False) -> dict[str, torch.Tensor]:
+    """Fit a state dict to ``model``: resize a learnable positional embedding to the model's token grid and
+    regenerate a sinusoidal table of another length. A head of another class count is replaced by the model's
+    new one (with a warning) only with ``new_head`` (fine-tuning); otherwise it is an error, because a model
+    evaluated or resumed with a random head gives silently wrong answers."""
     state = dict(state)
     own = model.state_dict()
     if PE_KEY in state and PE_KEY in own and state[PE_KEY].shape != own[PE_KEY].shape:
@@ -237,6 +263,12 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[s
         warnings.warn("the checkpoint has a positional embedding but the model uses none: dropped", stacklevel=3)
     if all(key in state and key in own for key in HEAD_KEYS):
         if state[HEAD_KEYS[0]].shape != own[HEAD_KEYS[0]].shape:
+            if not new_head:
+                raise CheckpointError(
+                    f"the weights' head has {state[HEAD_KEYS[0]].shape[0]} classes ({HEAD_KEYS[0]} "
+                    f"{tuple(state[HEAD_KEYS[0]].shape)}) but the model's config {own[HEAD_KEYS[0]].shape[0]} "
+                    f"({tuple(own[HEAD_KEYS[0]].shape)}): the config does not belong to these weights"
+                )
             warnings.warn(
                 f"checkpoint head has {state[HEAD_KEYS[0]].shape[0]} classes, the model "
                 f"{own[HEAD_KEYS[0]].shape[0]}: the head is newly initialised",
@@ -282,10 +314,14 @@ def _old_grid(tokens: int, new_h: int, new_w: int) -> tuple[int, int]:
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
-                 adapt: bool = True) -> nn.Module:
-    """Load ``state`` into ``model`` with strict key matching; mismatches raise naming keys and shapes."""
+                 adapt: bool = True, new_head: bool = False) -> nn.Module:
+    """Load ``state`` into ``model`` with strict key matching; mismatches raise naming keys and shapes.
+    ``new_head``: a head of another class count is replaced by the model's own (fine-tuning)."""
     if adapt:
-        state = adapt_state_dict(model, state)
+        try:
+            state = adapt_state_dict(model, state, new_head=new_head)
+        except CheckpointError as error:
+            raise CheckpointError(f"{source}: {error}") from None
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -314,7 +350,7 @@ def _clip(items: list[str], limit: int = 8) -> str:
 
 def create_model(name: str, pretrained: bool | str | os.PathLike | None = None, **overrides: object) -> nn.Module:
     """Build a preset by name, with config overrides; ``pretrained`` = True (the preset's released weights),
-    a path (``.safetensors``, native directory or the authors' ``.pth``) or a URL.
+    a path (``.safetensors``, native or Hub-layout directory, the authors' ``.pth``), a URL or ``hf-hub:org/name``.
 
     Example: ``create_model("cct_7_3x1_32", num_classes=100, img_size=(32, 48), pretrained="w.pth")``.
     """
@@ -329,10 +365,25 @@ def create_model(name: str, pretrained: bool | str | os.PathLike | None = None, 
         path = fetch_weights(preset.weights_url)
     elif str(pretrained).startswith(("http://", "https://")):
         path = fetch_weights(str(pretrained))
+    elif str(pretrained).startswith(HUB_PREFIX):
+        path = hub_snapshot(str(pretrained))
     else:
         path = Path(pretrained)
-    load_weights(model, read_state_dict(path), source=str(path))
+    load_weights(model, read_state_dict(path), source=str(path), new_head=True)  # fine-tuning: new class count
     return model
+
+
+def convert_checkpoint(path: str | os.PathLike, name: str, num_classes: int | None = None) -> nn.Module:
+    """The preset ``name`` with the weights of ``path`` (e.g. the authors' ``.pth``): the class count is read
+    from the checkpoint's head unless given. Save the result with ``save_pretrained`` or ``save_model``."""
+    state = read_state_dict(path)
+    if num_classes is None:
+        head = state.get(HEAD_KEYS[0])
+        if head is None:
+            raise CheckpointError(f"{path} has no classifier head ({HEAD_KEYS[0]}): pass num_classes")
+        num_classes = head.shape[0]
+    model = create_model(name, num_classes=num_classes)
+    return load_weights(model, state, source=str(path))
 
 
 def _names_with_weights() -> list[str]:

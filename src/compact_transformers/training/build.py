@@ -13,13 +13,16 @@ from ..augment import AugmentConfig, EvalTransform, TrainAugment, WordDropout
 from ..data import ImageDataset, load_dataset, subset_per_class
 from ..data.text import PAD, UNK, TextDataset, detect_text_dataset, load_text_dataset, text_dataset_name
 from ..errors import CheckpointError, ConfigError
-from ..models import create_model, get_preset, load_model
+from ..models import create_model, get_preset, load_model, load_weights, read_state_dict
 from ..models.vision import to_pair
 from .recipe import TrainConfig
 from .runtime import prepare_model
 from .state import run_model_dir
 
 logger = logging.getLogger(__name__)
+
+# `--model timm:NAME`: any timm model (the [timm] extra), e.g. the paper's CNN baselines
+TIMM_PREFIX = "timm:"
 
 # --seq-len none: the length that holds this share of the training texts whole (capped at MAX_AUTO_SEQ_LEN)
 AUTO_SEQ_LEN_QUANTILE = 0.95
@@ -118,7 +121,8 @@ def build_student(config: TrainConfig, data: ImageDataset | TextDataset, img_siz
     """The model ``config`` trains on ``data``, with what `cct eval` / `cct predict` need in its config."""
     if isinstance(data, TextDataset):
         return _build_text_student(config, data)
-    if get_preset(config.model).kind != "vision":
+    is_timm = config.model.startswith(TIMM_PREFIX)
+    if not is_timm and get_preset(config.model).kind != "vision":
         raise ConfigError(f"{config.model} is a text model but {data.name} holds images; pick an image model, "
                           "e.g. cct_2_3x2_32")
     mean = tuple(config.mean) if config.mean is not None else tuple(data.mean)
@@ -128,6 +132,11 @@ def build_student(config: TrainConfig, data: ImageDataset | TextDataset, img_siz
             f"mean/std have {len(mean)}/{len(std)} values but the {data.name} images have {data.in_chans} "
             f"channel(s): pass --mean/--std with {data.in_chans} value(s), or none for the dataset's own"
         )
+    # what `cct eval` / `cct predict` need to see the data as validation did
+    extra = {"classes": list(data.classes), "dataset": data.name, "interpolation": config.interpolation,
+             "seed": config.seed, "val_fraction": config.val_fraction, "flip_tta": config.uses_flip_tta}
+    if is_timm:
+        return _build_timm_student(config, data, img_size, mean, std, extra)
     return create_model(
         config.model,
         pretrained=resolve_pretrained(config.pretrained),
@@ -136,11 +145,31 @@ def build_student(config: TrainConfig, data: ImageDataset | TextDataset, img_siz
         img_size=img_size,
         mean=mean,
         std=std,
-        # what `cct eval` / `cct predict` need to see the data as validation did
-        extra={"classes": list(data.classes), "dataset": data.name, "interpolation": config.interpolation,
-               "seed": config.seed, "val_fraction": config.val_fraction, "flip_tta": config.uses_flip_tta},
+        extra=extra,
         **_regularisation(config),
     )
+
+
+def _build_timm_student(config: TrainConfig, data: ImageDataset, img_size: tuple[int, int],
+                        mean: tuple[float, ...], std: tuple[float, ...], extra: dict) -> nn.Module:
+    """``timm:NAME``: that timm model, initialised at random unless ``--pretrained`` names a run or saved model
+    of it. timm models take dropout and stochastic depth rates, but no common attention-dropout setting."""
+    from ..integrations.timm import TimmClassifier, TimmConfig  # optional: only timm: students need timm
+
+    if config.attn_drop:
+        logger.info("%s: timm models have no attention dropout setting; attn_drop %g is not applied",
+                    config.model, config.attn_drop)
+    model = TimmClassifier(TimmConfig(
+        model_name=config.model[len(TIMM_PREFIX):], num_classes=data.num_classes, in_chans=data.in_chans,
+        img_size=img_size, mean=mean, std=std, drop_rate=config.drop, drop_path_rate=config.drop_path, extra=extra,
+    ))  # fmt: skip
+    if config.pretrained is not None:
+        path = run_model_dir(Path(config.pretrained))
+        if not path.exists():
+            raise CheckpointError(f"--pretrained {config.pretrained}: no such run or saved model (a timm: model "
+                                  "starts from a run or saved model of the same timm model)")
+        load_weights(model, read_state_dict(path), source=str(path))
+    return model
 
 
 def _regularisation(config: TrainConfig) -> dict[str, float]:
@@ -152,7 +181,7 @@ def _regularisation(config: TrainConfig) -> dict[str, float]:
 def _build_text_student(config: TrainConfig, data: TextDataset) -> nn.Module:
     from ..data.vectors import load_word_vectors
 
-    if get_preset(config.model).kind != "text":
+    if config.model.startswith(TIMM_PREFIX) or get_preset(config.model).kind != "text":
         raise ConfigError(f"{config.model} is an image model but {data.name} holds text; pick a text model, "
                           "e.g. text_cct_2_1x1 (cct info --all --text lists them)")
     vectors = load_word_vectors(config.embeddings, data.vocab, seed=config.seed) if config.embeddings else None
@@ -183,7 +212,7 @@ def _build_text_student(config: TrainConfig, data: TextDataset) -> nn.Module:
 def resolve_pretrained(source: str | None) -> str | None:
     """A path or URL as given (a run directory means its final model, else its best checkpoint); a preset
     name means that preset's released weights."""
-    if source is None or source.startswith(("http://", "https://")):
+    if source is None or source.startswith(("http://", "https://", "hf-hub:")):
         return source
     path = run_model_dir(Path(source))
     if path.exists():
@@ -195,10 +224,13 @@ def resolve_pretrained(source: str | None) -> str | None:
 
 
 def load_teacher(source: str, device: torch.device) -> nn.Module:
-    """A trained teacher, frozen: a run directory (its best checkpoint), a saved model, or a preset with
-    released weights."""
+    """A trained teacher, frozen: a run directory (its best checkpoint), a saved model, a Hub model
+    (``hf-hub:org/name``) or a preset with released weights."""
     path = run_model_dir(Path(source), best_first=True)
-    teacher = load_model(path) if path.exists() else create_model(source, pretrained=True)
+    if source.startswith("hf-hub:") or path.exists():
+        teacher = load_model(source if source.startswith("hf-hub:") else path)
+    else:
+        teacher = create_model(source, pretrained=True)
     teacher.eval().requires_grad_(False)
     return prepare_model(teacher, device)
 

@@ -2,16 +2,19 @@
 
 Small datasets live on the training device as uint8 tensors; each step indexes a batch there and hands it
 to THE training step (`step.train_step`: augmentation, mixing, loss, optimizer). Every epoch the run
-directory gets a metrics record and an atomically replaced ``last`` (and ``best``) checkpoint; SIGINT /
-SIGTERM save ``last`` mid-epoch, and ``resume`` continues bit-for-bit on the same machine. A time limit
-is a `budget.TimeBudget`; the loop only asks it when to stop and, after the first epoch, for a refit.
+directory gets a metrics record (also handed to the `tracking.Tracker` of ``--log``) and an atomically
+replaced ``last`` (and ``best``) checkpoint; SIGINT / SIGTERM save ``last`` mid-epoch, and ``resume``
+continues bit-for-bit on the same machine. A time limit is a `budget.TimeBudget`; the loop only asks it
+when to stop and, after the first epoch, for a refit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +26,9 @@ from torch import nn
 from ..data import ImageDataset
 from ..data.text import TextDataset
 from ..errors import CheckpointError
+from ..faults import kill_point
 from ..fileio import atomic_write_text
-from ..models import load_model, save_model
+from ..models import load_model
 from .batches import DeviceBatches, keep_on_device
 from .budget import EpochEstimate, TimeBudget
 from .build import build_student, check_teacher, input_size, load_teacher, load_training_data, transforms
@@ -32,12 +36,13 @@ from .distributed import DistInfo, all_reduce_sum, any_rank, cleanup, from_rank0
 from .metrics import EvalResult, accuracy_counts, predict_logits, predict_text_logits, result_from_counts
 from .plots import plot_confusion, plot_curves
 from .recipe import TrainConfig
-from .rundir import (FINAL_FILE, append_history, new_run_dir, read_history, rewrite_history,
+from .rundir import (CONFIG_FILE, FINAL_FILE, append_history, new_run_dir, read_history, rewrite_history, to_json,
                      write_run_config)  # fmt: skip
 from .runtime import autocast_dtype, prepare_model, select_device
 from .schedule import LRSchedule
-from .state import checkpoint_dir, load_state, rng_state, save_checkpoint, set_rng_state
+from .state import checkpoint_dir, clean_checkpoints, load_state, save_final_model, rng_state, save_checkpoint, set_rng_state
 from .step import Batch, StepTools, build_step_tools, train_step
+from .tracking import Tracker, create_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class RunResult:
     best_top1: float
     final: dict = field(default_factory=dict)
     interrupted: bool = False
+    signal: int = 0  # the signal that interrupted the run (SIGINT / SIGTERM)
 
 
 def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False,
@@ -63,21 +69,28 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
     elif budget is None:
         budget = TimeBudget(config.time_limit)
     device = select_device(config.device)
+    tracker = create_tracker(config.log)  # a missing tensorboard fails here, before the run directory exists
     info = setup_distributed(device)
     try:
-        return _train(config, device, info, run_dir, resume, budget, data)
+        return _train(config, device, info, run_dir, resume, budget, data, tracker)
     finally:
+        tracker.close()  # also when the run was interrupted or failed
         cleanup(info)
 
 
 def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: Path | None, resume: bool,
-           budget: TimeBudget | None, data: ImageDataset | None) -> RunResult:
+           budget: TimeBudget | None, data: ImageDataset | None, tracker: Tracker) -> RunResult:
     config = from_rank0(config, info)  # each rank planned a time-limited run from its own probe: use rank 0's
     if budget is not None:
         budget.max_epochs = from_rank0(budget.max_epochs, info)
     torch.manual_seed(config.seed)
     data = load_training_data(config) if data is None else data
-    state = load_state(checkpoint_dir(run_dir)) if resume else None
+    kill_point("setup")
+    if resume:
+        if info.is_main:
+            clean_checkpoints(run_dir)  # finish a checkpoint swap a kill cut short, drop half-written copies
+        from_rank0(None, info)  # the other ranks wait for it
+    state = load_state(checkpoint_dir(run_dir)) if resume and _has_checkpoint(run_dir) else None
     if state is not None:
         if state.get("world_size", 1) != info.world_size:
             raise CheckpointError(f"{run_dir} was trained with {state.get('world_size', 1)} process(es); resume it "
@@ -111,14 +124,18 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     if state is not None:
         _restore(tools, state, info)
         epoch, start_step, best_top1, partial = state["epoch"], state["step_in_epoch"], state["best_top1"], state.get("partial")
-        history = [r for r in read_history(run_dir) if r["epoch"] <= epoch]
+        # the checkpoint's own records: a kill between the checkpoint and metrics.jsonl's append loses none
+        history = state["history"] if "history" in state else [r for r in read_history(run_dir) if r["epoch"] <= epoch]
         if budget is not None:  # the reserve measured in the first epoch of the run
             budget.reserve = state.get("finish_reserve", 0.0)
     elif info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=False)
+        if resume:  # killed before its first checkpoint: the run starts again, in its own directory
+            logger.warning("%s has no checkpoint yet: training it from the start", run_dir)
+        run_dir.mkdir(parents=True, exist_ok=resume)
         write_run_config(run_dir, config)
     if info.is_main:
         rewrite_history(run_dir, history)
+        tracker.start(run_dir, epochs_done=epoch)
         logger.info("run directory: %s", run_dir)
         _announce(config, data, model, device, amp_dtype, info, batches)
 
@@ -130,6 +147,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 "scaler": tools.scaler.state_dict(), "rng": rngs, "epoch": epoch, "step_in_epoch": step_in_epoch,
                 "best_top1": best_top1, "partial": partial_sums, "world_size": info.world_size,
                 "fitted_schedule": fitted, "finish_reserve": budget.reserve if budget is not None else 0.0,
+                "history": history,
                 **({"ema": tools.ema.state_dict()} if tools.ema is not None else {}),
             })  # fmt: skip
 
@@ -153,21 +171,22 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 checkpoint("last", epoch, ran.next_step, {k: v.cpu() for k, v in ran.sums.items()})
                 logger.warning("interrupted: saved %s; continue with `cct train --resume %s`",
                                run_dir / "checkpoints" / "last", run_dir)
-                return RunResult(run_dir, epoch, best_top1, interrupted=True)
+                return RunResult(run_dir, epoch, best_top1, interrupted=True, signal=stop.signal or signal.SIGINT)
             if ran.stopped and not interrupted:  # the partial epoch is evaluated and recorded as the last one
                 logger.warning("time limit of %.1f min reached during epoch %d", config.time_limit, epoch + 1)
             record = {"epoch": epoch + 1, "lr": tools.schedule.last_lr, **_epoch_summary(ran, info, batches.unit)}
             # a time-limited run also validates after its first epoch, to time validation for the refit
             first_of_budget = budget is not None and state is None and epoch == 0
-            eval_start, last_val = time.perf_counter(), None
+            eval_start, last_val, new_best = time.perf_counter(), None, False
             if (epoch + 1) % config.eval_interval == 0 or epoch + 1 == config.epochs or ran.stopped or first_of_budget:
                 last_val = validate(model)
                 record.update(val_loss=last_val.loss, val_top1=last_val.top1, val_top5=last_val.top5)
                 if tools.ema is not None:
                     record["val_top1_ema"] = validate(tools.ema).top1
-                if last_val.top1 > best_top1:
-                    best_top1 = last_val.top1
-                    checkpoint("best", epoch + 1, 0, None)
+                if not math.isfinite(last_val.loss):  # a diverged model is never `best`
+                    logger.warning("epoch %d: the validation loss is not finite", epoch + 1)
+                elif last_val.top1 > best_top1:
+                    best_top1, new_best = last_val.top1, True
             if first_of_budget and not ran.stopped:
                 measured = EpochEstimate(ran.steady_seconds, time.perf_counter() - eval_start)
                 test_share = len(data.test) / max(len(data.val), 1) if data.test is not None else 0.0
@@ -177,19 +196,29 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                     tools.schedule = LRSchedule.from_config(tools.optimizer, global_config.replace(**refit),
                                                             steps_per_epoch=batches.steps_per_epoch)
                     logger.info("time limit %.1f min: schedule fitted to %d epochs", config.time_limit, config.epochs)
-            history.append(record)
+            history.append(record)  # before the checkpoints, which carry the records
+            if new_best:
+                checkpoint("best", epoch + 1, 0, None)
             checkpoint("last", epoch + 1, 0, None)
             if info.is_main:
+                kill_point("metrics-append")
                 append_history(run_dir, record)
+                kill_point("metrics-appended")
                 _log_epoch(config, record)
+                tracker.log_epoch(record)
             epoch, start_step, partial = epoch + 1, 0, None
             if ran.stopped:
                 if interrupted:
                     logger.warning("interrupted after epoch %d: continue with `cct train --resume %s`", epoch, run_dir)
-                    return RunResult(run_dir, epoch, best_top1, interrupted=True)
+                    return RunResult(run_dir, epoch, best_top1, interrupted=True, signal=stop.signal or signal.SIGINT)
                 break
 
-    final = finish_run(run_dir, model, data, eval_transform, amp_dtype, info, history, last_val)
+    try:
+        final = finish_run(run_dir, model, data, eval_transform, amp_dtype, info, history, last_val, tracker=tracker)
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM as errors.Interrupted
+        logger.warning("interrupted during the final evaluation: every epoch is saved; finish with "
+                       "`cct train --resume %s`", run_dir)
+        raise
     return RunResult(run_dir, len(history), best_top1, final=final)
 
 
@@ -271,10 +300,12 @@ def evaluate_split(model: nn.Module, data: ImageDataset, split: str, transform: 
 
 def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: nn.Module,
                amp_dtype: torch.dtype | None, info: DistInfo, history: list[dict],
-               val_result: EvalResult | None = None) -> dict:
+               val_result: EvalResult | None = None, tracker: Tracker | None = None) -> dict:
     """Evaluate the final model on val (unless ``val_result`` is its validation already) and test, write
-    final.json, curves and confusion matrix."""
+    final.json, curves and confusion matrix, and hand the figures to ``tracker``."""
+    kill_point("final-evaluation")
     final: dict = {"epochs": len(history)}
+    figures: dict[str, Path] = {}  # the PNGs written (none without matplotlib), by tracker tag
     splits = ["val"] + (["test"] if data.test is not None else [])
     for name in splits:
         result = val_result if name == "val" and val_result is not None else evaluate_split(
@@ -284,13 +315,20 @@ def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: n
         if info.is_main:
             atomic_write_text(run_dir / f"confusion_{name}.json",
                               json.dumps({"classes": list(data.classes), "matrix": result.confusion.tolist()}))
-            plot_confusion(result.confusion, list(data.classes), run_dir / f"confusion_{name}.png",
-                           title=f"{data.name} {name}: top-1 {result.top1:.2f}%")
+            figure = plot_confusion(result.confusion, list(data.classes), run_dir / f"confusion_{name}.png",
+                                    title=f"{data.name} {name}: top-1 {result.top1:.2f}%")
+            if figure is not None:
+                figures[f"confusion/{name}"] = figure
     if info.is_main:
         final["best_val_top1"] = max((r.get("val_top1", -1) for r in history), default=None)
-        atomic_write_text(run_dir / FINAL_FILE, json.dumps(final, indent=2))
-        save_model(model, run_dir / "model")
-        plot_curves(history, run_dir / "curves.png")
+        kill_point("final-model")
+        save_final_model(model, run_dir)
+        kill_point("final-json")
+        atomic_write_text(run_dir / FINAL_FILE, to_json(final, indent=2))  # last: a run with final.json is complete
+        if plot_curves(history, run_dir / "curves.png") is not None:
+            figures["curves"] = run_dir / "curves.png"
+        if tracker is not None:
+            tracker.log_figures(figures, epoch=len(history))
         summary = ", ".join(f"{n} top-1 {final[n]['top1']:.2f}%" for n in splits)
         logger.info("done: %s; run directory %s", summary, run_dir)
     return final
@@ -324,6 +362,18 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run can continue from a checkpoint; a run directory without one (killed during its first
+    epoch) starts again; anything else that is not a run directory is an error."""
+    try:
+        checkpoint_dir(run_dir)
+        return True
+    except CheckpointError:
+        if (Path(run_dir) / CONFIG_FILE).is_file():
+            return False
+        raise
+
+
 def _restore(tools: StepTools, state: dict, info: DistInfo) -> None:
     """Optimizer, schedule, scaler, EMA and this rank's RNG as a checkpoint saved them."""
     tools.optimizer.load_state_dict(state["optimizer"])
@@ -335,12 +385,22 @@ def _restore(tools: StepTools, state: dict, info: DistInfo) -> None:
 
 
 def _progress(config: TrainConfig, info: DistInfo, epoch: int, steps: int, start: int):
-    if config.quiet or not info.is_main:
+    """The epoch's progress bar, on a terminal or in a notebook only: written to a file or a CI log its
+    refreshes would be one carriage-return line each, and the epoch's log line says what matters."""
+    if config.quiet or not info.is_main or not _shows_progress_bar():
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                 dynamic_ncols=True, unit="step")
+
+
+def _shows_progress_bar() -> bool:
+    from tqdm.autonotebook import tqdm as auto_tqdm
+    from tqdm.std import tqdm as text_tqdm
+
+    in_notebook = auto_tqdm is not text_tqdm  # a widget, no carriage returns
+    return in_notebook or (sys.stderr is not None and sys.stderr.isatty())
 
 
 def _show_progress(progress, sums: dict, out, steps_per_second: float, unit: str) -> None:

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+TRACKERS = ("tensorboard",)  # --log: see tracking.py
 _NONE_STRINGS = ("none", "null", "")
 
 
@@ -114,6 +115,8 @@ class TrainConfig:
     samples_per_class: int | None = _f(None, "keep only this many training images per class")
     val_fraction: float = _f(0.0, "fraction of the training set held out for validation")
     quiet: bool = _f(False, "print less")
+    log: str | None = _f(None, "also log the run's metrics and figures to: tensorboard (event files in "
+                         "RUN/tensorboard/, needs pip install 'compact-transformers[log]'); none = metrics.jsonl only")
     time_limit: float | None = _f(None, "stop training after this many minutes")
     eval_interval: int = _f(1, "evaluate every this many epochs")
 
@@ -264,6 +267,7 @@ def _validate(c: TrainConfig) -> None:
         c.interpolation in INTERPOLATIONS,
         f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {c.interpolation!r}",
     )
+    _check(c.log is None or c.log in TRACKERS, f"log must be one of {', '.join(TRACKERS)} or none, got {c.log!r}")
     _check(len(c.betas) == 2 and all(0 <= b < 1 for b in c.betas), f"betas must be two values in [0, 1), got {c.betas}")
     _check(c.eps > 0, f"eps must be > 0, got {c.eps}")
     for name in ("weight_decay", "mixup", "cutmix"):

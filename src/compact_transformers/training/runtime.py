@@ -29,8 +29,12 @@ def select_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unsupported device {name!r}; expected auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} requested but MPS (Apple GPU) is not available; use --device cpu")
     if device.type == "cuda" and device.index is None:  # under torchrun: this process's GPU
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device

@@ -8,17 +8,20 @@ renames, so a run killed at any moment leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..models.weights import CheckpointError, save_model
+from ..faults import kill_point
+from ..fileio import atomic_write, make_temp_dir
+from ..models.weights import CheckpointError, first_sentence, save_model, unpickling_message
 
 STATE_FILE = "state.pt"
 
@@ -51,34 +54,96 @@ def _literal_tuple(text: str) -> tuple:
 
 
 def save_checkpoint(directory: Path, model: nn.Module, state: dict) -> None:
-    """Write ``model`` (native format) and ``state`` (tensors and plain values) to ``directory`` atomically."""
+    """Write ``model`` (native format) and ``state`` (tensors and plain values) to ``directory`` so that a kill
+    at any moment leaves a complete checkpoint that :func:`checkpoint_dir` finds, never a half-written one.
+
+    The new copy is written to ``.NAME.new`` (its ``state.pt`` last, itself atomically: a copy with ``state.pt``
+    is complete), then swapped in: ``NAME`` -> ``.NAME.old``, ``.NAME.new`` -> ``NAME``, ``.NAME.old`` removed.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    new, old = _swap_names(directory)
+    _finish_swap(directory)  # of a save that was killed between its renames
+    tmp = make_temp_dir(directory.parent, prefix=f".{directory.name}.tmp.")
     try:
         save_model(model, tmp)
-        torch.save(state, tmp / STATE_FILE)
-        old = directory.with_name(f".{directory.name}.old")
+        kill_point(f"{directory.name}-model")
+        atomic_write(tmp / STATE_FILE, lambda path: torch.save(state, path))
+        kill_point(f"{directory.name}-state")
+        os.rename(tmp, new)
+        kill_point(f"{directory.name}-complete")
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError("...iostream error")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, RuntimeError) and "iostream" not in str(error) and "write" not in str(error):
+            raise
+        raise _write_error(error, directory) from None
+    if directory.exists():
+        if old.exists():  # a stale copy: `directory` is complete
+            shutil.rmtree(old)
+        os.rename(directory, old)
+    kill_point(f"{directory.name}-swap")
+    os.rename(new, directory)
+    kill_point(f"{directory.name}-swapped")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap_names(directory: Path) -> tuple[Path, Path]:
+    return directory.with_name(f".{directory.name}.new"), directory.with_name(f".{directory.name}.old")
+
+
+def _finish_swap(directory: Path) -> None:
+    """Complete a swap that a kill cut short: ``.NAME.new`` is only ever renamed into place complete."""
+    new, old = _swap_names(directory)
+    if new.exists():
         if directory.exists():
-            if old.exists():  # a stale copy: `directory` is complete
-                shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
             os.rename(directory, old)
-        # else `old`, if any, is the survivor of an interrupted swap: keep it until `directory` exists again
-        os.rename(tmp, directory)
+        os.rename(new, directory)
+    if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_error(error: OSError | RuntimeError, directory: Path) -> CheckpointError:
+    """A failed checkpoint write as one line; the previous checkpoint is untouched at this point."""
+    full = getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(directory.parent).free < 2**20
+    reason = "the disk is full" if full else (getattr(error, "strerror", None) or first_sentence(str(error)))
+    return CheckpointError(f"cannot write the checkpoint {directory}: {reason} (in {directory.parent}); "
+                           f"the previous checkpoint, if any, is intact")
 
 
 def checkpoint_dir(path: Path) -> Path:
-    """The checkpoint directory to use for ``path``: itself, or a run's ``checkpoints/last`` (or a survivor
-    of an interrupted swap)."""
+    """The checkpoint to resume ``path`` from: itself, or the run's newest complete copy of ``last`` (an
+    interrupted swap's ``.last.new``, then ``last``, then ``.last.old``), or ``best`` when no ``last`` was written."""
     path = Path(path)
-    for candidate in (path, path / "checkpoints" / "last", path / "checkpoints" / ".last.old"):
+    last = path / "checkpoints" / "last"
+    new, old = _swap_names(last)
+    for candidate in (path, new, last, old, path / "checkpoints" / "best"):
         if (candidate / STATE_FILE).exists():
             return candidate
     raise CheckpointError(f"no training checkpoint in {path}: expected {path}/checkpoints/last/{STATE_FILE}")
+
+
+def save_final_model(model: nn.Module, run_dir: Path) -> Path:
+    """``run_dir/model``, written whole: into ``.model.tmp`` first, then renamed into place."""
+    target, tmp = Path(run_dir) / "model", Path(run_dir) / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    if target.exists():  # a run finished again after a resume
+        shutil.rmtree(target)
+    os.rename(tmp, target)
+    return target
+
+
+def clean_checkpoints(run_dir: Path) -> None:
+    """Remove what killed checkpoint writes left behind, promoting a complete ``.NAME.new`` whose swap was cut."""
+    shutil.rmtree(Path(run_dir) / ".model.tmp", ignore_errors=True)
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return
+    for name in ("last", "best"):
+        _finish_swap(folder / name)
+    for leftover in folder.glob(".*.tmp.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def run_model_dir(path: Path, best_first: bool = False) -> Path:
@@ -96,8 +161,19 @@ def run_model_dir(path: Path, best_first: bool = False) -> Path:
 
 
 def load_state(directory: Path) -> dict:
+    """The training state of a checkpoint, read safely (tensors and plain values only; nothing is executed)."""
     path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: {path} is missing (the checkpoint is incomplete)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot resume: {path} is empty (the checkpoint is damaged)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any failure here means an unusable file
-        raise CheckpointError(f"cannot read training state {path}: {str(error).splitlines()[0]}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(unpickling_message(path, error)) from None
+    except Exception as error:  # noqa: BLE001 - any other failure here means an unusable file
+        reason = first_sentence(str(error)) or type(error).__name__
+        raise CheckpointError(f"cannot read training state {path}: corrupt or truncated ({reason})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"cannot resume: {path} does not hold a training state")
+    return state
