@@ -35,7 +35,7 @@ test: $(VENV)/.installed
 	$(MAKE) test-timm
 
 test-timm: $(TIMM_VENV)/.installed
-	$(TIMM_PY) -m pytest tests/integrations/test_timm.py
+	$(TIMM_PY) -m pytest tests/integrations/test_timm.py tests/test_readme.py -k timm
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"

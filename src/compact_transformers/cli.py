@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import UserError
 
@@ -271,6 +272,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mode = "L" if config.in_chans == 1 else "RGB"
     amp = autocast_dtype(device, not args.fp32)
     flip_tta = _flip_tta(config, args)
+    predicted = 0
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         images, readable = [], []
@@ -290,6 +292,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             probs = tta_logits(model, batch, flip_tta).softmax(dim=1)
         for path, preds in zip(readable, _top_k(probs, classes, args.top_k)):
             _print_prediction(args, {"file": str(path)}, str(path), preds)
+        predicted += len(readable)
+    if predicted == 0:
+        raise CliError(f"none of the {len(files)} file(s) could be read as an image: nothing predicted")
     return 0
 
 
@@ -392,11 +397,29 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (and the exit code 2 of every user error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .benchmark import add_bench_arguments
     from .training.recipe import add_config_arguments
 
-    parser = argparse.ArgumentParser(prog="cct", description="Compact Transformers: train from scratch on small data.")
+    parser = _Parser(prog="cct", description="Compact Transformers: train from scratch on small data.")
     parser.add_argument("-v", "--verbose", "--debug", action="store_true",
                         help="debug logging, and tracebacks for errors too")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -416,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("val", "test"), default="test")
     evaluate.add_argument("--val-fraction", type=float, default=None, help="(default: the run's, else 0)")
     evaluate.add_argument("--seed", type=int, default=None, help="seed of the validation split (default: the run's, else 0)")
-    evaluate.add_argument("--batch-size", type=int, default=512)
+    evaluate.add_argument("--batch-size", type=positive_int, default=512)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--fp32", action="store_true", help="no mixed precision")
     evaluate.add_argument("--no-flip-tta", action="store_true",
@@ -430,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(run by onnxruntime on the CPU)")
     predict.add_argument("inputs", nargs="*", help='image files or folders; for a text model texts ("-": stdin lines)')
     predict.add_argument("--file", help="text model: a file of texts, one per line")
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--top-k", type=positive_int, default=3)
+    predict.add_argument("--batch-size", type=positive_int, default=256)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--fp32", action="store_true")
     predict.add_argument("--no-flip-tta", action="store_true",

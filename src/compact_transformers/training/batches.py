@@ -13,6 +13,7 @@ import torch
 
 from ..data import ImageDataset
 from ..data.text import TextDataset
+from ..errors import DatasetError
 from .distributed import DistInfo
 from .recipe import TrainConfig
 from .step import Batch
@@ -33,9 +34,14 @@ class DeviceBatches:
             self.images = None if self.streamed else data.train.images.to(device)
         self.labels = data.train.labels.to(device)
         self.num_train = self.labels.shape[0]
-        self.global_batch = min(config.batch_size * info.world_size, self.num_train)
-        self.local_batch = self.global_batch // info.world_size
-        self.steps_per_epoch = max(1, self.num_train // self.global_batch)
+        if self.num_train < info.world_size:
+            raise DatasetError(f"{data.name}: {self.num_train} training sample(s) for {info.world_size} process(es); "
+                               f"each process needs at least one: use fewer processes or more data")  # fmt: skip
+        # every process takes the same share of each step, so the global batch (which the lr scales with) is
+        # local_batch x world_size: batches too big for a small training split shrink evenly
+        self.local_batch = min(config.batch_size, self.num_train // info.world_size)
+        self.global_batch = self.local_batch * info.world_size
+        self.steps_per_epoch = self.num_train // self.global_batch
         self.unit = "seq" if self.text else "img"  # what a sample is, for rates
 
     def epoch(self, epoch: int, first_step: int) -> Iterator[Batch]:
