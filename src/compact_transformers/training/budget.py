@@ -1,10 +1,15 @@
-"""`--time-limit`: one object that plans a run from probe steps, refits it after the first epoch, says
-when to stop, and keeps time for the final evaluation.
+"""`--time-limit`: one object that plans a run from probe steps, re-plans it after every epoch, says when
+to stop, and keeps time for the final evaluation.
 
 The limit covers the whole `cct train` command, set-up included. Before training, a few steps of the real
 training step on a throwaway model estimate an epoch, which sets the number of epochs (and how often to
-validate). After the first epoch the plan is refitted to the measured speed: epochs that were planned from
-the budget may grow back up to the recipe's, epochs the user chose only ever shrink.
+validate). After every epoch the plan is fitted again to the measured speed: the fastest of the last few
+epochs (and of the probe), because other load only ever slows a step down, so one slow epoch on a busy machine
+does not cut the run short and a faster phase gives the time back. Epochs that were planned from the budget
+may grow back up to the recipe's, epochs the user chose only ever shrink. The learning-rate schedule follows
+the clock: after every epoch it stands at the share of the training time used, and it spreads the rest over
+the steps the new plan expects (`schedule.LRSchedule.retarget`), so a plan that was too hopeful cannot cut the
+cooldown and a pessimistic one cannot rush into it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ EVAL_SHARE = 0.04
 FINISH_SECONDS = 5.0
 # Share of the budget that plans aim to fill (the rest absorbs jitter).
 FILL = 0.98
+# Re-plans use the fastest of this many last epochs (and of the probe): contention only slows steps down.
+RECENT_EPOCHS = 3
 
 
 @dataclass(frozen=True)
@@ -53,12 +60,13 @@ def plan_eval_interval(estimate: EpochEstimate, share: float = EVAL_SHARE) -> in
 
 
 def fit_schedule(config: TrainConfig, *, budget_seconds: float, elapsed: float, epoch_seconds: float,
-                 max_epochs: int | None = None) -> dict | None:
-    """Epochs (and warmup/cooldown, proportionally) such that the run fits ``budget_seconds``, after the
-    first epoch ended ``elapsed`` seconds in and later ones take ``epoch_seconds``; with ``max_epochs``
-    (epochs planned from the budget) they may also grow, up to that many. None: the configured epochs fit."""
+                 max_epochs: int | None = None, epochs_done: int = 1) -> dict | None:
+    """Epochs (and warmup/cooldown, proportionally) such that the run fits ``budget_seconds``, after
+    ``epochs_done`` epochs ended ``elapsed`` seconds in and later ones take ``epoch_seconds``; with
+    ``max_epochs`` (epochs planned from the budget) they may also grow, up to that many. None: the configured
+    epochs fit."""
     remaining = FILL * budget_seconds - elapsed
-    fit = 1 + int(max(remaining, 0.0) // max(epoch_seconds, 1e-6))
+    fit = epochs_done + int(max(remaining, 0.0) // max(epoch_seconds, 1e-6))
     fit = min(fit, max(max_epochs or 0, config.epochs))
     if fit == config.epochs or (fit > config.epochs and max_epochs is None):
         return None
@@ -74,9 +82,24 @@ class TimeBudget:
         self.start = time.monotonic() if start is None else start
         self.reserve = 0.0  # kept for the final validation, the test split and the files (set by refit)
         self.max_epochs: int | None = None  # set when plan() chose the epochs: refit may grow them to this
+        self.recent: list[float] = []  # seconds per epoch (validation share included) of the last epochs
+        self.eval_seconds = 0.0  # of one validation pass, measured after the first epoch
+        self.train_start, self.progress_offset = 0.0, 0.0  # set by start_training
+        self.probe_seconds: float | None = None  # seconds per epoch that plan() estimated from probe steps
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
+
+    def start_training(self, progress: float = 0.0) -> None:
+        """Training starts now, at schedule ``progress`` (a resumed run: where it stopped)."""
+        self.train_start, self.progress_offset = self.elapsed(), progress
+
+    def progress(self) -> float:
+        """The share of the training time used: from the start of training to the time that leaves the
+        reserve (a resumed run spreads what was left of its schedule over its new budget)."""
+        span = max(FILL * self.seconds - self.reserve - self.train_start, 1e-9)
+        fraction = max(self.elapsed() - self.train_start, 0.0) / span
+        return min(self.progress_offset + (1.0 - self.progress_offset) * fraction, 1.0)
 
     def should_stop(self) -> bool:
         """True once training must end to leave the reserve for finishing."""
@@ -89,6 +112,7 @@ class TimeBudget:
         given = source.given()
         interval = config.eval_interval if "eval_interval" in given else plan_eval_interval(estimate)
         epoch_seconds = estimate.per_epoch(interval)
+        self.probe_seconds = epoch_seconds
         fitted = fit_schedule(config, budget_seconds=self.seconds, elapsed=self.elapsed() + epoch_seconds,
                               epoch_seconds=epoch_seconds)
         if fitted is None:
@@ -105,14 +129,26 @@ class TimeBudget:
         """After the first epoch: reserve time for the final evaluation (validation, and the test split
         ``test_share`` times the size of validation) and fit the schedule to the measured speed."""
         self.reserve = measured.eval_seconds * (1 + test_share) + FINISH_SECONDS
+        self.eval_seconds = measured.eval_seconds
+        return self.replan(config, measured.train_seconds, epochs_done=1)
+
+    def replan(self, config: TrainConfig, train_seconds: float, epochs_done: int) -> dict | None:
+        """After an epoch whose steps took ``train_seconds``: the epochs that fit, at the speed of the fastest
+        of the last few epochs and of the probe (None: the planned epochs still fit)."""
+        self.recent = (self.recent + [train_seconds + self.eval_seconds / config.eval_interval])[-RECENT_EPOCHS:]
+        fastest = min(self.recent + ([self.probe_seconds] if self.probe_seconds else []))
         return fit_schedule(config, budget_seconds=self.seconds, elapsed=self.elapsed() + self.reserve,
-                            epoch_seconds=measured.per_epoch(config.eval_interval), max_epochs=self.max_epochs)
+                            epoch_seconds=fastest, max_epochs=self.max_epochs, epochs_done=epochs_done)
 
     def state_dict(self) -> dict:
-        return {"reserve": self.reserve}
+        return {"reserve": self.reserve, "recent": list(self.recent), "eval_seconds": self.eval_seconds,
+                "probe_seconds": self.probe_seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.reserve = float(state.get("reserve", 0.0))
+        self.recent = [float(v) for v in state.get("recent", [])]
+        self.eval_seconds = float(state.get("eval_seconds", 0.0))
+        self.probe_seconds = state.get("probe_seconds")
 
 
 def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset, probe_steps: int = 10) -> EpochEstimate:

@@ -1,0 +1,131 @@
+"""Time budgets that adapt: the plan is fitted again after every epoch from the median speed of the last
+few, and the learning-rate schedule follows each new plan from its current rate (no jump, cooldown kept).
+
+The loop-level tests run on a fake clock advanced by the training step, so that "an epoch slowed by a busy
+machine" is exact and the tests do not depend on this machine's load."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from compact_transformers.cli import main
+from compact_transformers.training import budget as budget_module
+from compact_transformers.training import loop as loop_module
+from compact_transformers.training.budget import TimeBudget
+from compact_transformers.training.recipe import TrainConfig
+from compact_transformers.training.schedule import LRSchedule, ScheduleShape
+
+
+def schedule(epochs: int = 10, steps: int = 10) -> LRSchedule:
+    shape = ScheduleShape(steps_per_epoch=steps, epochs=epochs, lr=1e-3, min_lr=1e-5, warmup_epochs=1,
+                          warmup_lr=1e-6, cooldown_epochs=2)
+    return LRSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), shape)
+
+
+@pytest.mark.parametrize("new_epochs", [4, 25])
+def test_retarget_is_continuous_monotone_and_ends_with_the_cooldown(new_epochs: int) -> None:
+    sched = schedule()
+    before = [sched.lr_at(step) for step in range(31)]
+    sched.retarget(new_epochs * 10, at_step=30)
+    assert [sched.lr_at(step) for step in range(31)] == pytest.approx(before, rel=1e-12)  # steps taken: untouched
+    rates = [sched.lr_at(step) for step in range(30, new_epochs * 10 + 5)]
+    assert rates[0] == pytest.approx(before[30])
+    assert all(b <= a + 1e-15 for a, b in zip(rates, rates[1:]))  # decays monotonically after warmup
+    jumps = [abs(b - a) for a, b in zip(rates, rates[1:])]
+    assert max(jumps) < 0.2 * 1e-3  # no jump: each step moves the rate by a small fraction of the peak
+    total = new_epochs * 10
+    # the cooldown is the schedule's last 20% (2 of 10 epochs): of the rest, from progress 0.3 at step 30
+    cooldown_start = 30 + (0.8 - 0.3) / (1 - 0.3) * (total - 30)
+    assert sched.lr_at(int(cooldown_start) + 1) == pytest.approx(1e-5)
+    assert sched.lr_at(int(cooldown_start) - 5) > 1e-5 * 1.01
+    assert sched.lr_at(total - 1) == pytest.approx(1e-5)
+
+
+def test_retargeted_schedule_resumes_exactly_even_with_another_shape() -> None:
+    sched = schedule()
+    sched.step(30)
+    sched.retarget(70, at_step=30)
+    sched.step(41)
+    state = sched.state_dict()
+    resumed = schedule(epochs=7)  # a resumed run builds its schedule from the re-planned config
+    resumed.load_state_dict(state)
+    assert [resumed.lr_at(s) for s in range(41, 80)] == [sched.lr_at(s) for s in range(41, 80)]
+    assert resumed.last_lr == sched.last_lr
+
+
+def test_replan_uses_the_fastest_recent_epoch_or_the_probe() -> None:
+    config = TrainConfig(epochs=40, eval_interval=1)
+    budget = TimeBudget(minutes=10, start=0.0)
+    budget.max_epochs = 60
+    fake = {"now": 0.0}
+    budget.elapsed = lambda: fake["now"]  # type: ignore[method-assign]
+    fake["now"] = 100.0  # a first epoch slowed to 100 s by another process
+    alone = budget.replan(config, 100.0, epochs_done=1)
+    assert alone is not None and alone["epochs"] == 1 + int((588 - 100) // 100)  # no better estimate yet
+    budget.recent, budget.probe_seconds = [], 10.0  # the probe steps said 10 s per epoch
+    with_probe = budget.replan(config, 100.0, epochs_done=1)
+    assert with_probe is not None and with_probe["epochs"] == 1 + int((588 - 100) // 10)
+    fake["now"] = 110.0
+    faster = budget.replan(config.replace(**with_probe), 8.0, epochs_done=2)  # a faster phase: more epochs
+    assert faster is not None and faster["epochs"] == min(60, 2 + int((588 - 110) // 8))
+
+
+class FakeClock:
+    """time.monotonic / time.perf_counter for the loop and the budget, advanced only by training steps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_with_a_slow_first_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: float) -> list[dict]:
+    clock = FakeClock()
+    fake_time = SimpleNamespace(monotonic=clock, perf_counter=clock, time=clock)
+    steps_per_epoch = {}
+    real_step = loop_module.train_step
+
+    def timed_step(model, batch, tools, step):  # noqa: ANN001, ANN202
+        out = real_step(model, batch, tools, step)
+        steps = steps_per_epoch.setdefault("n", tools.schedule.shape.steps_per_epoch)
+        clock.now += slow if step < steps else 0.5  # the first epoch's steps take `slow` seconds each
+        return out
+
+    from compact_transformers import cli
+
+    monkeypatch.setattr(loop_module, "time", fake_time)
+    monkeypatch.setattr(budget_module, "time", fake_time)
+    monkeypatch.setattr(cli, "time", fake_time)
+    monkeypatch.setattr(loop_module, "train_step", timed_step)
+    monkeypatch.setattr(budget_module, "train_step", lambda model, batch, tools, step: clock.__setattr__(
+        "now", clock.now + 0.5))  # the probe: 0.5 s steps
+    assert main(["train", "--samples-per-class", "5", "--batch-size", "16", "--quiet", "--device", "cpu",
+                 "--time-limit", "1", "--eval-interval", "1", "--output", str(tmp_path), "--name", "run"]) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.slow
+def test_a_slow_first_epoch_neither_wastes_the_budget_nor_cuts_the_cooldown(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    steady = run_with_a_slow_first_epoch(tmp_path / "steady", monkeypatch, slow=0.5)
+    monkeypatch.undo()
+    slowed = run_with_a_slow_first_epoch(tmp_path / "slowed", monkeypatch, slow=5.0)
+    min_lr = TrainConfig().min_lr
+    assert len(steady) >= 10
+    # the slow epoch cost (5 - 0.5) s per step: the epochs that time would have held, and not more
+    steps = round(steady[0]["epoch_seconds"] / 0.5)
+    lost = math.ceil(steps * 4.5 / (steady[1]["epoch_seconds"] + 1e-9))
+    assert len(slowed) >= len(steady) - lost - 1, (len(slowed), len(steady), lost)  # one fixed plan gave ~5
+    for history in (steady, slowed):
+        peak = max(r["lr"] for r in history)
+        at_min = [r["epoch"] for r in history if r["lr"] <= min_lr + 0.01 * (peak - min_lr)]
+        assert history[-1]["epoch"] in at_min  # the schedule ended in its cooldown ...
+        assert len(at_min) <= 0.3 * len(history) + 1, at_min  # ... and did not sit at the minimum for long
