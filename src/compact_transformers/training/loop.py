@@ -39,7 +39,6 @@ from .recipe import TrainConfig
 from .rundir import (CONFIG_FILE, FINAL_FILE, append_history, new_run_dir, read_history, rewrite_history, to_json,
                      write_run_config)  # fmt: skip
 from .runtime import autocast_dtype, prepare_model, select_device
-from .schedule import LRSchedule
 from .state import checkpoint_dir, clean_checkpoints, load_state, save_final_model, rng_state, save_checkpoint, set_rng_state
 from .step import Batch, StepTools, build_step_tools, train_step
 from .tracking import Tracker, create_tracker
@@ -124,10 +123,11 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     if state is not None:
         _restore(tools, state, info)
         epoch, start_step, best_top1, partial = state["epoch"], state["step_in_epoch"], state["best_top1"], state.get("partial")
+        partial = partial if info.is_main else None  # the sums of all ranks, counted once (on rank 0)
         # the checkpoint's own records: a kill between the checkpoint and metrics.jsonl's append loses none
         history = state["history"] if "history" in state else [r for r in read_history(run_dir) if r["epoch"] <= epoch]
         if budget is not None:  # the reserve measured in the first epoch of the run
-            budget.reserve = state.get("finish_reserve", 0.0)
+            budget.load_state_dict(state.get("budget", {"reserve": state.get("finish_reserve", 0.0)}))
     elif info.is_main:
         if resume:  # killed before its first checkpoint: the run starts again, in its own directory
             logger.warning("%s has no checkpoint yet: training it from the start", run_dir)
@@ -146,7 +146,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                 "optimizer": tools.optimizer.state_dict(), "schedule": tools.schedule.state_dict(),
                 "scaler": tools.scaler.state_dict(), "rng": rngs, "epoch": epoch, "step_in_epoch": step_in_epoch,
                 "best_top1": best_top1, "partial": partial_sums, "world_size": info.world_size,
-                "fitted_schedule": fitted, "finish_reserve": budget.reserve if budget is not None else 0.0,
+                "fitted_schedule": fitted, "budget": budget.state_dict() if budget is not None else None,
                 "history": history,
                 **({"ema": tools.ema.state_dict()} if tools.ema is not None else {}),
             })  # fmt: skip
@@ -155,6 +155,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         return evaluate_split(network, data, split, eval_transform, amp_dtype, info)
 
     last_val: EvalResult | None = None  # the final model's validation, when its last epoch had one
+    if budget is not None:  # from here the schedule follows the clock (see the re-plan after each epoch)
+        budget.start_training(progress=tools.schedule.progress_at(epoch * batches.steps_per_epoch + start_step))
     with _StopFlag() as stop:
 
         def should_stop() -> bool:  # on every rank alike: a signal, or the time budget spent
@@ -168,7 +170,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                                   start_step, batches.steps_per_epoch, partial, should_stop, progress)  # fmt: skip
             interrupted = ran.stopped and any_rank(stop.signal is not None, device, info)
             if interrupted and ran.next_step < batches.steps_per_epoch:  # mid-epoch: keep the running sums
-                checkpoint("last", epoch, ran.next_step, {k: v.cpu() for k, v in ran.sums.items()})
+                sums = all_reduce_sum({k: v.clone() for k, v in ran.sums.items()}, info)  # each rank has its own
+                checkpoint("last", epoch, ran.next_step, {k: v.cpu() for k, v in sums.items()})
                 logger.warning("interrupted: saved %s; continue with `cct train --resume %s`",
                                run_dir / "checkpoints" / "last", run_dir)
                 return RunResult(run_dir, epoch, best_top1, interrupted=True, signal=stop.signal or signal.SIGINT)
@@ -187,15 +190,20 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                     logger.warning("epoch %d: the validation loss is not finite", epoch + 1)
                 elif last_val.top1 > best_top1:
                     best_top1, new_best = last_val.top1, True
-            if first_of_budget and not ran.stopped:
-                measured = EpochEstimate(ran.steady_seconds, time.perf_counter() - eval_start)
-                test_share = len(data.test) / max(len(data.val), 1) if data.test is not None else 0.0
-                refit = from_rank0(budget.refit(config, measured, test_share), info)
-                if refit is not None:
-                    fitted, config = refit, config.replace(**refit)
-                    tools.schedule = LRSchedule.from_config(tools.optimizer, global_config.replace(**refit),
-                                                            steps_per_epoch=batches.steps_per_epoch)
+            if budget is not None and not ran.stopped:  # fit the plan to the measured speed, every epoch
+                if first_of_budget:
+                    measured = EpochEstimate(ran.steady_seconds, time.perf_counter() - eval_start)
+                    test_share = len(data.test) / max(len(data.val), 1) if data.test is not None else 0.0
+                    plan = budget.refit(config, measured, test_share)
+                else:
+                    plan = budget.replan(config, ran.steady_seconds, epochs_done=epoch + 1)
+                plan, used = from_rank0((plan, budget.progress()), info)
+                if plan is not None and plan["epochs"] != config.epochs:
+                    fitted, config = plan, config.replace(**plan)
                     logger.info("time limit %.1f min: schedule fitted to %d epochs", config.time_limit, config.epochs)
+                # the schedule follows the clock: it stands at the share of the training time used
+                steps = batches.steps_per_epoch
+                tools.schedule.retarget(config.epochs * steps, at_step=(epoch + 1) * steps, progress=used)
             history.append(record)  # before the checkpoints, which carry the records
             if new_best:
                 checkpoint("best", epoch + 1, 0, None)
