@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from compact_transformers import benchmark
 from compact_transformers.benchmark import (
     VARIANTS,
     BenchConfig,
+    Gemm,
+    ModelSpec,
     add_bench_arguments,
+    bench_latency,
     bench_scaling,
     bench_time_to_accuracy,
+    build_train_parts,
+    config_from_args,
+    find_warnings,
     first_reaching,
+    format_report,
+    gemm_rate,
     measure_interleaved,
+    model_gemms,
+    model_peaks,
     parse_model_spec,
+    percentile,
     resolve_variant,
     run_bench,
+    step_settings,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -45,7 +64,7 @@ def test_run_bench_writes_report(tmp_path, capsys, one_thread):
     ])  # fmt: skip
     assert run_bench(args) == 0
     report = json.loads(out.read_text())
-    assert report["schema"] == "cct-bench/1"
+    assert report["schema"] == "cct-bench/2"
     machine = report["machine"]
     assert machine["threads"] == 1 and machine["torch"] == torch.__version__ and machine["gpu"] is None
     assert set(machine["cpu_flags"]) >= {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -59,6 +78,13 @@ def test_run_bench_writes_report(tmp_path, capsys, one_thread):
         assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"])
         assert r["median_s"] > 0 and r["img_per_s"] > 0 and r["tflops"] > 0 and r["macs_per_image"] > 0
         assert r["first_step_s"] > 0 and r["peak_tflops"] > 0 and r["peak_fraction"] > 0
+        # %peak is against the model's own matmul shapes in the row's dtype, the square peak beside it
+        key = (r["model"], r["input"], r["batch_size"], r["mode"], r["precision"])
+        peak = next(p for p in report["model_peak"]
+                    if (p["model"], p["input"], p["batch_size"], p["mode"], p["dtype"]) == key)  # fmt: skip
+        assert r["peak_tflops"] == peak["tflops"] >= max(peak["start_tflops"], peak["end_tflops"]) * (1 - 1e-9)
+        assert r["square_peak_tflops"] == report["matmul_peak"][r["precision"]]["tflops"]
+        assert 0 < peak["gemm_share"] <= 1.0 and peak["gemms"][0]["count"] >= 1
         assert r["peak_mem_mb"] is None or r["peak_mem_mb"] > 0
     baseline = next(r for r in results if r["variant"] == "baseline")
     assert (baseline["precision"], baseline["channels_last"], baseline["attn_impl"]) == ("fp32", False, "explicit")
@@ -72,8 +98,10 @@ def test_run_bench_writes_report(tmp_path, capsys, one_thread):
 
     speedups = {(s["variant"], s["mode"]): s["speedup"] for s in report["speedups"]}
     assert set(speedups) == {("fast", "train"), ("fast", "infer")} and all(v > 0 for v in speedups.values())
+    assert isinstance(report["warnings"], list) and all({"kind", "message"} <= set(w) for w in report["warnings"])
     printed = capsys.readouterr().out
-    assert "ms/step" in printed and "fast" in printed and str(out) in printed
+    assert "ms/step" in printed and "fast" in printed and str(out) in printed and "model-shape peak" in printed
+    assert printed.count("UNRELIABLE:") == len(report["warnings"]) + (1 if report["warnings"] else 0)
 
 
 def test_measure_interleaved_alternates_variants():
@@ -125,6 +153,15 @@ def test_bad_input_is_reported():
         BenchConfig(warmup=0)
     with pytest.raises(ValueError, match="modes"):
         BenchConfig(modes=("fly",))
+    with pytest.raises(ValueError, match="none only with"):
+        BenchConfig(modes=())
+    assert BenchConfig(modes=(), time_to_accuracy=50.0).throughput_modes == ()
+    assert BenchConfig(modes=("latency", "infer")).throughput_modes == ("infer",)
+    with pytest.raises(ValueError, match="latency_paths"):
+        BenchConfig(latency_paths=("tensorrt",))
+    assert config_from_args(parse(["--modes", "none", "--time-to-accuracy", "50"])).modes == ()
+    assert resolve_variant("fast+cudagraphs").compile_mode == "reduce-overhead"
+    assert resolve_variant("fast+compile").compile_mode == "default" and VARIANTS["fast"].compile_mode is None
     assert [v.name for v in BenchConfig(variants=("baseline", "fast"), compile=True).variant_list()] == [
         "baseline", "fast", "fast+compile",
     ]  # fmt: skip
@@ -178,3 +215,251 @@ def test_text_models_are_benched_in_sequences_per_second(one_thread):
     assert {(r["variant"], r["mode"]) for r in records} == {(v, m) for v in ("baseline", "fast") for m in ("train", "infer")}
     for r in records:
         assert r["unit"] == "seq" and r["samples_per_s"] > 0 and "img_per_s" not in r and r["macs_per_image"] > 0
+
+
+# ------------------------------------------------------------------------------------ model-shape peak
+
+
+def test_model_gemms_are_the_token_major_linear_layers_and_the_attention_matmuls():
+    spec = parse_model_spec("cct_7_3x1_32")
+    from compact_transformers.models import create_model
+
+    model = create_model(spec.name, img_size=spec.img_size)
+    tokens, dim, heads, layers = model.num_tokens, 256, 4, 7
+    batch = 8
+    infer = model_gemms(spec, batch, "infer")
+    shapes = {(g.op, g.shapes[-2], g.shapes[-1]): n for g, n in infer.items()}
+    assert shapes[("mm", (batch * tokens, dim), (dim, 3 * dim))] == layers  # qkv (no bias)
+    assert shapes[("addmm", (batch * tokens, dim), (dim, 2 * dim))] == layers  # MLP ratio 2
+    assert shapes[("bmm", (batch * heads, tokens, dim // heads), (batch * heads, dim // heads, tokens))] == layers
+    assert shapes[("bmm", (batch * heads, tokens, tokens), (batch * heads, tokens, dim // heads))] == layers
+    # the matmuls are nearly all of the counted FLOPs (one small convolution is the rest); training adds the
+    # backward matmuls (input and weight gradients: twice the forward's), with transposed operands
+    counted = 2 * benchmark._macs(spec) * batch
+    infer_flops = sum(g.flops * n for g, n in infer.items())
+    assert 0.97 * counted < infer_flops <= counted
+    train = model_gemms(spec, batch, "train")
+    assert sum(g.flops * n for g, n in train.items()) == pytest.approx(3 * infer_flops, rel=0.02)
+    assert any(g.strides[0][0] == 1 for g in train if g.op == "mm")  # a transposed view (weight gradient)
+
+
+def test_gemm_rate_and_model_peaks_weight_each_matmul_by_how_often_it_runs():
+    big = Gemm("mm", ((100, 10), (10, 50)), ((10, 1), (50, 1)))  # 100,000 FLOPs
+    small = Gemm("bmm", ((2, 10, 5), (2, 5, 10)), ((50, 5, 1), (50, 10, 1)))  # 2,000 FLOPs
+    assert (big.flops, small.flops, small.label) == (100_000, 2_000, "2x10x5@5x10")
+    counts = {big: 3, small: 10}
+    seconds = {big: 1e-6, small: 1e-6}
+    assert gemm_rate(counts, seconds) == pytest.approx((3 * 100_000 + 10 * 2_000) / 13e-6 / 1e12)
+    plan = benchmark.ShapePlan({("m", "8x8x1", 4, "train"): counts}, (torch.float32,))
+    start = {"fp32": {big: 1e-6, small: 4e-6}}
+    end = {"fp32": {big: 2e-6, small: 1e-6}}  # each matmul's better time counts
+    (peak,) = model_peaks(plan, start, end)
+    assert peak["tflops"] == pytest.approx(gemm_rate(counts, {big: 1e-6, small: 1e-6}))
+    assert peak["start_tflops"] == pytest.approx(gemm_rate(counts, start["fp32"]))
+    assert peak["end_tflops"] == pytest.approx(gemm_rate(counts, end["fp32"]))
+    assert peak["gemms"][0]["shape"] == "100x10@10x50" and peak["gemms"][0]["count"] == 3
+
+
+# ------------------------------------------------------------------------------------------- warnings
+
+
+def _report(load=(0.5, 0.5, 0.5), peak=(1.0, 1.0), times=(1.0, 1.0, 1.0), fraction=0.5) -> dict:
+    row = {"model": "cct_2_3x2_32", "input": "28x28x1", "batch_size": 128, "mode": "train", "variant": "fast",
+           "precision": "bf16", "times_s": list(times), "median_s": sorted(times)[len(times) // 2],
+           "peak_fraction": fraction}  # fmt: skip
+    return {
+        "machine": {"threads": 2, "load_average_start": list(load), "load_average_end": [0.1, 0.1, 0.1]},
+        "matmul_peak": {"bf16": {"tflops": max(peak), "start": {"tflops": peak[0]}, "end": {"tflops": peak[1]}}},
+        "model_peak": [{"model": "cct_2_3x2_32", "input": "28x28x1", "batch_size": 128, "mode": "train",
+                        "dtype": "bf16", "start_tflops": 1.0, "end_tflops": 1.1}],
+        "results": [row],
+    }  # fmt: skip
+
+
+def test_find_warnings_flags_each_sign_of_contention():
+    assert find_warnings(_report()) == []
+    kinds = lambda report: [w["kind"] for w in find_warnings(report)]  # noqa: E731
+    assert kinds(_report(load=(2.5, 1.0, 1.0))) == ["load"]  # above the 2 threads the bench uses
+    assert kinds(_report(load=(2.0, 1.0, 1.0))) == []
+    assert kinds(_report(peak=(1.0, 0.8))) == ["peak_drift"]  # moved 20%
+    assert kinds(_report(peak=(1.0, 0.9))) == []
+    assert kinds(_report(times=(1.0, 1.1, 1.3))) == ["spread"]  # (1.3 - 1.0) / 1.1 = 27%
+    assert kinds(_report(times=(1.0, 1.1, 1.15))) == []
+    assert kinds(_report(fraction=1.2)) == ["above_peak"]
+    report = _report()
+    report["model_peak"][0]["end_tflops"] = 0.5
+    (warning,) = find_warnings(report)
+    assert warning["kind"] == "peak_drift" and "model-shape" in warning["message"] and "50%" in warning["message"]
+
+
+def _quiet_peaks(monkeypatch, load: float) -> None:
+    """Fixed square peaks and a chosen load average: the warnings depend on nothing else in a latency run."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    peaks = {"fp32": {"tflops": 1.0, "by_size": {}}, "bf16": {"tflops": 2.0, "by_size": {}}}
+    monkeypatch.setattr(benchmark, "measure_matmul_peak", lambda device, sizes: peaks)
+
+
+@pytest.mark.parametrize("load", [0.1, 64.0])
+def test_strict_exits_1_on_warnings_and_the_text_says_unreliable(tmp_path, capsys, monkeypatch, one_thread, load):
+    _quiet_peaks(monkeypatch, load)
+    out = tmp_path / "latency.json"
+    args = parse(["--models", "cct_2_3x2_32:16x16x1", "--modes", "latency", "--latency-paths", "eager",
+                  "--latency-samples", "3", "--latency-warmup", "1", "--threads", "1", "--device", "cpu",
+                  "--output", str(out), "--quiet", "--strict"])  # fmt: skip
+    code = run_bench(args)
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr()
+    if load > 1:
+        assert code == 1 and [w["kind"] for w in report["warnings"]] == ["load", "load"]
+        assert printed.out.count("UNRELIABLE:") == 3 and "--strict" in printed.err
+    else:
+        assert code == 0 and report["warnings"] == [] and "UNRELIABLE" not in printed.out
+    assert report["results"] == [] and report["model_peak"] == []
+    (eager,) = report["latency"]
+    assert eager["path"] == "eager" and eager["batch_size"] == 1 and eager["samples"] == 3
+    assert 0 < eager["min_ms"] <= eager["p50_ms"] <= eager["p90_ms"] and eager["speedup_vs_eager"] == 1.0
+
+
+def test_format_report_marks_rows_and_prints_warnings_first():
+    report = _report(times=(1.0, 1.1, 1.3))
+    report["machine"].update(cpu="cpu", cpu_flags={}, torch="x", device="cpu", gpu=None, date="today")
+    report["matmul_peak"]["bf16"]["start"]["tflops"] = report["matmul_peak"]["bf16"]["end"]["tflops"] = 1.0
+    report["model_peak"] = []
+    report["results"][0].update(samples_per_s=100.0, tflops=0.5, mem_delta_mb=None, square_peak_fraction=0.4)
+    report["speedups"] = []
+    report["warnings"] = find_warnings(report)
+    text = format_report(report).splitlines()
+    assert text[2].startswith("UNRELIABLE: cct_2_3x2_32 28x28x1 batch 128 train fast: its 3 repeats spread by 27%")
+    assert next(line for line in text if line.startswith("cct_2_3x2_32")).endswith("!")
+    assert text[-1].startswith("UNRELIABLE: 1 warning(s) above (rows marked !)")
+
+
+# --------------------------------------------------------------------------- the fast variant is cct train's
+
+
+def test_fast_variant_is_the_step_cct_train_runs(tmp_path, monkeypatch, one_thread):
+    """`cct train --recipe paper` and the bench's fast variant build the same step: model, precision, layout,
+    attention, optimizer kernel and settings, augmentation, mixing, loss (compared with step_settings)."""
+    import compact_transformers.training.loop as loop
+    from compact_transformers.cli import main
+
+    built = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(model, batch, tools, step):
+        built.update(model=model, batch=batch, tools=tools)
+        raise Captured
+
+    monkeypatch.setattr(loop, "train_step", capture)
+    with pytest.raises(Captured):
+        main(["train", "--recipe", "paper", "--dataset", "digits", "--img-size", "16", "--batch-size", "16",
+              "--epochs", "30", "--device", "cpu", "--output", str(tmp_path), "--quiet"])  # fmt: skip
+    trained = step_settings(built["model"], built["tools"])
+    device = torch.device("cpu")
+    amp_dtype = benchmark._amp_dtype("auto", device)
+    spec = ModelSpec("cct_2_3x2_32", (16, 16), 1)
+    fast = build_train_parts(spec, VARIANTS["fast"], 16, device, amp_dtype)
+    assert step_settings(fast.network, fast.tools) == trained
+    assert fast.batch.inputs.dtype == built["batch"].inputs.dtype == torch.uint8
+    # (digits are stored at 8x8; the augmentation resizes them to 16x16)
+    assert fast.batch.inputs.shape[1] == built["batch"].inputs.shape[1]
+    baseline = build_train_parts(spec, VARIANTS["baseline"], 16, device, amp_dtype)
+    differs = {k for k, v in step_settings(baseline.network, baseline.tools).items() if v != trained[k]}
+    assert {"attn_impl", "input_channels_last", "optimizer_defaults"} <= differs
+
+
+# -------------------------------------------------------------------------------------------- latency
+
+
+def test_percentile_interpolates_between_ranks():
+    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.5
+    assert percentile(list(range(11)), 90) == 9.0
+    assert percentile([7.0], 90) == 7.0
+
+
+def test_latency_notes_paths_that_cannot_run_and_times_the_others(monkeypatch, one_thread):
+    from compact_transformers.errors import ConfigError
+    from compact_transformers.integrations import export
+
+    class Uncompilable(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.config = model.config
+
+        def forward(self, *inputs):
+            raise RuntimeError("inductor: no C++ compiler\nmore detail")
+
+    def no_onnxruntime():
+        raise ConfigError("running ONNX models needs onnxruntime: pip install 'compact-transformers[export]'")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **options: Uncompilable(model))
+    monkeypatch.setattr(export, "_onnxruntime", no_onnxruntime)
+    config = BenchConfig(models=("cct_2_3x2_32:16x16x1", "text_cct_2_1x1:16"), modes=("latency",), device="cpu",
+                         latency_samples=4, latency_warmup=1)  # fmt: skip
+    records = bench_latency(config, torch.device("cpu"), quiet=True)
+    assert [(r["model"], r["path"]) for r in records] == [
+        (m, p) for m in ("cct_2_3x2_32", "text_cct_2_1x1") for p in ("eager", "compile", "onnx")
+    ]  # fmt: skip
+    for r in records:
+        if r["path"] == "eager":
+            assert not r["skipped"] and r["samples"] == 4 and 0 < r["p50_ms"] <= r["p90_ms"]
+        elif r["path"] == "compile":
+            assert r["skipped"] and r["note"] == "skipped: RuntimeError: inductor: no C++ compiler"
+        else:
+            assert r["skipped"] and "onnxruntime" in r["note"] and "[export]" in r["note"]
+
+
+@pytest.mark.slow
+def test_latency_through_torch_compile_and_onnx_runtime(one_thread):
+    pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("onnxscript", reason="needs the [export] extra")
+    config = BenchConfig(models=("cct_2_3x2_32:16x16x1",), modes=("latency",), device="cpu", latency_samples=3,
+                         latency_warmup=1)  # fmt: skip
+    records = {r["path"]: r for r in bench_latency(config, torch.device("cpu"), quiet=True)}
+    assert not any(r["skipped"] for r in records.values()), [r["note"] for r in records.values()]
+    assert records["onnx"]["export_s"] > 0 and records["onnx"]["device"] == "cpu"
+    assert records["compile"]["first_call_s"] > records["compile"]["p50_ms"] / 1e3  # the first call compiles
+
+
+@pytest.mark.slow
+def test_cudagraphs_variant_steps_on_cpu(one_thread):
+    """+cudagraphs compiles with mode reduce-overhead; without CUDA it is a plain compiled step."""
+    spec = ModelSpec("cct_2_3x2_32", (16, 16), 1)
+    step = benchmark.build_step(spec, resolve_variant("fast+cudagraphs"), "infer", 4, torch.device("cpu"),
+                                torch.bfloat16)  # fmt: skip
+    step()
+    step()
+
+
+# ---------------------------------------------------------------------------------------- gpu_check.sh
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu_with_tiny_settings(tmp_path):
+    """benchmarks/gpu_check.sh --device cpu --tiny: every step's JSON, and a summary of the steps."""
+    out = tmp_path / "check"
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("CCT_CHECK_COMPILE", None)
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--device", "cpu", "--tiny",
+         "--fashion-mnist", str(tmp_path / "absent")],  # digits instead: seconds, not a minute
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["tiny"] is True
+    assert {s["step"]: s["status"] for s in summary["steps"]} == {
+        "throughput": "ok", "accuracy": "ok", "latency": "ok", "compiled": "skipped",
+    }  # fmt: skip
+    throughput = json.loads((out / "throughput.json").read_text())
+    assert throughput["schema"] == "cct-bench/2" and throughput["machine"]["device"] == "cpu"
+    assert {r["variant"] for r in throughput["results"]} == {"baseline", "amp-nchw", "fp32-cl", "fast"}
+    assert "warnings" in throughput and throughput["model_peak"]
+    accuracy = json.loads((out / "accuracy.json").read_text())
+    assert accuracy["results"] == [] and accuracy["time_to_accuracy"]["dataset"] == "digits"
+    assert accuracy["time_to_accuracy"]["reached"]
+    latency = json.loads((out / "latency.json").read_text())
+    assert [r["path"] for r in latency["latency"]] == ["eager", "onnx"]
+    assert (out / "throughput.log").read_text().strip()
