@@ -31,6 +31,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if args.all or args.pattern:
         names = list_models(args.pattern or "*", kind=None if args.text else "vision")
+        if not names:
+            raise CliError(f"no model matches {args.pattern!r}{'' if args.text else ' (add --text for text models)'}; "
+                           "see cct info --all")
     elif args.models:
         names = [get_preset(name).name for name in args.models]
     else:
@@ -76,9 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.budget import TimeBudget
     from .training.build import is_text_data, load_training_data
     from .training.loop import train
-    from .training.recipe import ConfigSource, explicit_args, pick_recipe
-    from .training.rundir import check_run_name, load_run_config
+    from .training.recipe import ConfigSource, check_options_fit_data, explicit_args, pick_recipe
+    from .training.rundir import check_output_folder, check_run_name, load_run_config
     from .training.runtime import tune_cpu
+    from .training.state import check_resumable
     from .training.yaml_config import load_yaml_config
 
     started = time.monotonic()  # --time-limit covers the set-up below as well
@@ -91,16 +95,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         if refused:
             raise CliError(f"--resume continues a run as configured; these options cannot change: {refused}")
         config = load_run_config(Path(args.resume)).replace(**given)
+        check_resumable(Path(args.resume))
         budget = TimeBudget(config.time_limit, start=started) if config.time_limit is not None else None
         result = train(config, run_dir=Path(args.resume), resume=True, budget=budget)
     else:
         from_file = load_yaml_config(args.config) if args.config else {}
         merged = {**from_file, **given}
         text = is_text_data(merged.get("dataset"), merged.get("data"))
+        if merged.get("dataset") or not merged.get("data") or Path(merged["data"]).expanduser().exists():
+            check_options_fit_data(given, text=text, data=merged.get("dataset") or merged.get("data") or "digits")
         source = ConfigSource(pick_recipe(args.recipe, merged, text=text), from_file, given)
         config, budget, data = source.resolve(), None, None
         if config.name is not None:
             check_run_name(config.name)  # before any data is read
+        check_output_folder(config.output)
         if config.time_limit is not None:  # plan epochs (and the recipe's strength) for the budget
             budget = TimeBudget(config.time_limit, start=started)
             data = load_training_data(config)  # once: the probe and the run share it
@@ -166,6 +174,8 @@ def _eval_data(args: argparse.Namespace, config, run_dir: Path | None):
     dataset_name = args.dataset or (None if args.data else extra.get("dataset"))
     # the run's split of the data by default, so that its training samples never count as validation
     val_fraction = args.val_fraction if args.val_fraction is not None else extra.get("val_fraction", 0.0)
+    if not 0 <= val_fraction < 1:
+        raise CliError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     seed = args.seed if args.seed is not None else extra.get("seed", 0)
     if "vocab" in extra:
         if data_path is None:
@@ -193,8 +203,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = data.test if args.split == "test" else data.val
     if split is None:
         split, args.split = data.val, "val"
+    if len(split) == 0:
+        where = f" of {args.data}" if args.data else ""
+        raise CliError(f"the {args.split} split of {data.name}{where} has no readable example: nothing to evaluate")
     if data.num_classes != config.num_classes:
         raise CliError(f"the model has {config.num_classes} classes, the dataset {data.name} {data.num_classes}")
+    known = config.extra.get("classes")
+    if known is not None and list(known) != list(data.classes):  # the same count of other classes: a wrong score
+        i, ours, theirs = next((i, a, b) for i, (a, b) in enumerate(zip(known, data.classes)) if a != b)
+        raise CliError(f"the model's classes are not the dataset's: class {i} is {ours!r} for the model, "
+                       f"{theirs!r} in {data.name}; evaluate on data with the model's classes")
     device = select_device(args.device)
     model = prepare_model(model, device)
     autocast = autocast_dtype(device, not args.fp32)
@@ -242,6 +260,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model.endswith(".onnx"):  # onnxruntime on the CPU, the preprocessing from the file's metadata
         from .integrations.export import load_onnx
 
+        if args.explain:
+            raise CliError("--explain needs the PyTorch model (a run directory or a saved model), not an .onnx file")
         model, device = load_onnx(args.model), torch.device("cpu")
         if model.config.seq_len is not None and "vocab" not in model.config.extra:
             raise CliError(f"{args.model} is a text model without a vocabulary: export a trained model")
@@ -272,7 +292,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mode = "L" if config.in_chans == 1 else "RGB"
     amp = autocast_dtype(device, not args.fp32)
     flip_tta = _flip_tta(config, args)
-    predicted = 0
+    writer = None
+    if args.explain:
+        from .explain import ExplanationWriter, tta_logits_and_weights
+
+        writer = ExplanationWriter(args.explain, args.model)
+    predicted, first_failure = 0, None
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         images, readable = [], []
@@ -281,6 +306,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 array = decode_image(path, config.img_size, mode)
             except Exception as error:  # noqa: BLE001 - report and go on with the other files
                 print(f"warning: cannot read {path}: {error}", file=sys.stderr)
+                first_failure = first_failure or (error if str(path) in str(error) else f"{path}: {error}")
                 continue
             tensor = torch.from_numpy(array)
             images.append(tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1))
@@ -289,12 +315,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         batch = prepare_input(transform(torch.stack(images).to(device)))
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            probs = tta_logits(model, batch, flip_tta).softmax(dim=1)
-        for path, preds in zip(readable, _top_k(probs, classes, args.top_k)):
+            if writer is None:
+                probs = tta_logits(model, batch, flip_tta).softmax(dim=1)
+            else:  # the same forward pass, which also returns the token weights
+                logits, weights = tta_logits_and_weights(model, batch, flip_tta)
+                probs = logits.softmax(dim=1)
+        for index, (path, preds) in enumerate(zip(readable, _top_k(probs, classes, args.top_k))):
             _print_prediction(args, {"file": str(path)}, str(path), preds)
+            if writer is not None:
+                writer.add_image(path, config.img_size, weights[index], preds)
         predicted += len(readable)
     if predicted == 0:
-        raise CliError(f"none of the {len(files)} file(s) could be read as an image: nothing predicted")
+        raise CliError(f"none of the {len(files)} file(s) could be read as an image ({first_failure}): nothing "
+                       "predicted")
+    if writer is not None:
+        logger.info("heat maps and explanations.json in %s", writer.close())
     return 0
 
 
@@ -319,7 +354,13 @@ def _predict_texts(args: argparse.Namespace, model, device) -> int:
 
     texts = [text for text in args.inputs if text != "-"]
     if args.file:
-        texts += Path(args.file).read_text(encoding="utf-8").splitlines()
+        data = Path(args.file).read_bytes()
+        try:
+            texts += data.decode("utf-8-sig").splitlines()
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            raise CliError(f"--file {args.file}:{line}: not UTF-8 text ({error.reason}); expected texts, one per "
+                           "line") from None
     if "-" in args.inputs:
         texts += sys.stdin.read().splitlines()
     if not texts:
@@ -328,6 +369,8 @@ def _predict_texts(args: argparse.Namespace, model, device) -> int:
     ids, lengths = encode_texts(texts, Vocabulary.from_dict(config.extra["vocab"]), config.seq_len)
     model = prepare_model(model, device).eval()
     classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
+    if args.explain:
+        return _explain_texts(args, model, texts, classes, autocast_dtype(device, not args.fp32))
     for start in range(0, len(texts), args.batch_size):
         chunk = slice(start, start + args.batch_size)
         logits = predict_text_logits(model, ids[chunk].to(device), lengths[chunk].to(device),
@@ -335,6 +378,25 @@ def _predict_texts(args: argparse.Namespace, model, device) -> int:
         for text, preds in zip(texts[chunk], _top_k(logits.softmax(dim=1), classes, args.top_k)):
             shown = text if len(text) <= 60 else text[:57] + "..."
             _print_prediction(args, {"text": text}, repr(shown), preds)
+    return 0
+
+
+def _explain_texts(args: argparse.Namespace, model, texts: list[str], classes: list[str], autocast) -> int:
+    """``--explain DIR`` for texts: the top-k as without it, and the words coloured by weight in DIR/texts.html."""
+    import torch
+
+    from .data.text import Vocabulary
+    from .explain import ExplanationWriter, explain_texts
+
+    writer = ExplanationWriter(args.explain, args.model)
+    explanations = explain_texts(model, texts, Vocabulary.from_dict(model.config.extra["vocab"]),
+                                 batch_size=args.batch_size, autocast=autocast)
+    logits = torch.stack([explanation.logits for explanation in explanations])
+    for text, explanation, preds in zip(texts, explanations, _top_k(logits.softmax(dim=1), classes, args.top_k)):
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        _print_prediction(args, {"text": text}, repr(shown), preds)
+        writer.add_text(text, explanation, preds)
+    logger.info("coloured words (texts.html) and explanations.json in %s", writer.close())
     return 0
 
 
@@ -460,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-flip-tta", action="store_true",
                          help="no mirror-image test-time augmentation even if the model was validated with it")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--explain", metavar="DIR",
+                         help="also write where the model looked: per image a PNG with the heat map of its token "
+                              "weights (SeqPool's, or the class token's attention) and the top-k; for texts the "
+                              "words coloured by weight in DIR/texts.html; all weights in DIR/explanations.json")
     predict.set_defaults(func=cmd_predict)
 
     info = commands.add_parser("info", help="parameters, MACs and tokens of models")
@@ -499,12 +565,36 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--output", required=True, help="output directory")
     convert.set_defaults(func=cmd_convert)
 
+    demo = commands.add_parser("demo", help="a local web page to try a model: drop images or type texts, see the "
+                                             "top-k and where the model looked (needs the [demo] extra)")
+    demo.add_argument("model", help="run directory, saved model (Hub layout too), .safetensors file or hf-hub:ORG/NAME")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    demo.add_argument("--port", type=positive_int, default=None, help="(default: 7860, or the next free port)")
+    demo.add_argument("--top-k", type=positive_int, default=5)
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--fp32", action="store_true")
+    demo.add_argument("--no-flip-tta", action="store_true",
+                      help="no mirror-image test-time augmentation even if the model was validated with it")
+    demo.add_argument("--batch-size", type=positive_int, default=64, help="images or texts per forward pass")
+    demo.add_argument("--max-batch-size", type=positive_int, default=16,
+                      help="concurrent requests answered together in one batch")
+    demo.add_argument("--max-upload-mb", type=float, default=10.0, help="largest file accepted")
+    demo.add_argument("--max-image-side", type=positive_int, default=4096,
+                      help="largest image side accepted, in pixels")
+    demo.set_defaults(func=cmd_demo)
+
     bench = commands.add_parser("bench", help="training / inference speed against an in-run baseline",
                                 description="Measure img/s, TFLOP/s against the measured matmul peak, "
                                             "peak memory; baseline and fast variants interleaved.")
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

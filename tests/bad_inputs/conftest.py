@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -95,15 +96,10 @@ def snapshot(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-@pytest.fixture
-def unchanged() -> Callable[[Path], Callable[[], None]]:
-    """``check = unchanged(path)`` before a command, ``check()`` after: nothing under path changed or appeared."""
-
-    def take(path: Path) -> Callable[[], None]:
-        before = snapshot(path)
-        return lambda: _same(path, before)
-
-    return take
+def unchanged(path: Path) -> Callable[[], None]:
+    """``same = unchanged(path)`` before a command, ``same()`` after: nothing under path changed or appeared."""
+    before = snapshot(path)
+    return lambda: _same(path, before)
 
 
 def _same(path: Path, before: dict[str, str]) -> None:
@@ -199,6 +195,19 @@ def write_hostile(path: Path, marker: Path, style: str = "torch") -> Path:
         path.write_bytes(pickle.dumps(payload))
     assert not marker.exists()
     return path
+
+
+@pytest.fixture
+def make() -> SimpleNamespace:
+    """The writers of test data (test modules here are not an importable package)."""
+    return SimpleNamespace(images=write_images, folder=write_folder_dataset, text=write_text_dataset,
+                           hostile=write_hostile)
+
+
+@pytest.fixture
+def check() -> SimpleNamespace:
+    """The checks of what a command left behind."""
+    return SimpleNamespace(unchanged=unchanged, no_run_made=no_run_made, json_lines=strict_json_lines)
 
 
 # ---------------------------------------------------------------------------------- shared runs/models

@@ -111,15 +111,15 @@ def subset_per_class(labels: torch.Tensor, samples_per_class: int, seed: int) ->
     _check_labels(labels, "subset_per_class")
     if not isinstance(samples_per_class, int) or samples_per_class < 1:
         raise ConfigError(f"subset_per_class: samples_per_class must be a positive int, got {samples_per_class!r}")
+    classes, counts = torch.unique(labels, return_counts=True)
+    if counts.numel() and int(counts.min()) < samples_per_class:
+        smallest = int(counts.min())
+        raise ConfigError(f"samples_per_class is {samples_per_class} but class {int(classes[counts.argmin()])} has "
+                          f"{smallest} samples (the fewest); ask for at most {smallest}")
     gen = torch.Generator().manual_seed(seed)
     parts = []
-    for c in torch.unique(labels).tolist():
+    for c in classes.tolist():
         members = (labels == c).nonzero().flatten()
-        if members.numel() < samples_per_class:
-            raise ConfigError(
-                f"subset_per_class: class {c} has {members.numel()} samples, fewer than the "
-                f"{samples_per_class} requested"
-            )
         parts.append(members[torch.randperm(members.numel(), generator=gen)[:samples_per_class]])
     if not parts:
         return torch.empty(0, dtype=torch.int64)

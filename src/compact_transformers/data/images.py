@@ -77,7 +77,8 @@ def decode_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndar
             h, w = size
             scale = max(h / im.height, w / im.width)
             crop_w, crop_h = w / scale, h / scale
-            left, top = (im.width - crop_w) / 2, (im.height - crop_h) / 2
+            # clamped: rounding can make an enlarged image's box start a hair below 0, which Pillow refuses
+            left, top = max((im.width - crop_w) / 2, 0.0), max((im.height - crop_h) / 2, 0.0)
             im = im.resize((w, h), Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
         arr = np.array(im, dtype=np.uint8)  # a writable copy
     return arr[:, :, None] if arr.ndim == 2 else arr

@@ -368,6 +368,10 @@ def class_folder_layout(path: Path, kind: str, example: str) -> tuple[Path | Non
     if not path.is_dir():
         raise DatasetError(f"{kind}: expected a directory of class folders at {path}")
     train_root = path / "train" if (path / "train").is_dir() else None
+    splits = [name for name in ("val", "test") if (path / name).is_dir()]
+    if train_root is None and splits:  # else "val" and "test" would be taken for two classes
+        raise DatasetError(f"{kind}: {path} has {'/ and '.join(splits)}/ but no train/: expected the training "
+                           f"split's class folders in {path}/train (e.g. {path}/train/<class>/{example})")
     classes = class_dirs(train_root or path)
     if not classes:
         raise DatasetError(f"{kind}: expected class folders (e.g. {train_root or path}/<class>/{example}) in "
@@ -467,12 +471,12 @@ def read_folder(
         lists[split] = ([files[i] for i in keep], [labels[i] for i in keep])
     if not lists["train"][0]:
         raise DatasetError(f"folder: found no readable images ({', '.join(IMAGE_EXTENSIONS)}) under {train_root}")
-    _check_class_counts(train_root, classes, listed=listed_train, usable=lists["train"][1])
     mode = "L" if modes <= set(GRAY_MODES) else "RGB"
     if image_size is None:
         image_size = _default_image_size(sizes, path)
 
     # Validation split: the official val/, else carved out of train (test/ then stays the test split).
+    carved = False
     if "val" not in lists:
         fraction = val_fraction if (val_fraction > 0 or has_train) else 0.2
         if fraction > 0:
@@ -480,17 +484,20 @@ def read_folder(
             train_idx, val_idx = stratified_split(torch.tensor(labels, dtype=torch.int64), fraction, seed)
             lists["val"] = ([files[i] for i in val_idx.tolist()], [labels[i] for i in val_idx.tolist()])
             lists["train"] = ([files[i] for i in train_idx.tolist()], [labels[i] for i in train_idx.tolist()])
+            carved = True
         else:  # train/ + test/ only: test/ is the validation split
             lists["val"] = lists.pop("test")
     elif val_fraction > 0:
         logger.warning("folder: %s has an official val/ split; ignoring val_fraction=%s", path, val_fraction)
 
     def decode(split: str) -> ImageSplit:
+        """The split's images; a file whose data fails to decode (behind a good header) leaves ``lists`` too."""
         nonlocal skipped
         files, labels = lists[split]
         images, kept = decode_files(files, image_size, mode)
         skipped += len(files) - len(kept)
-        return ImageSplit(images=images, labels=torch.tensor([labels[i] for i in kept], dtype=torch.int64))
+        lists[split] = ([files[i] for i in kept], [labels[i] for i in kept])
+        return ImageSplit(images=images, labels=torch.tensor(lists[split][1], dtype=torch.int64))
 
     chans = 1 if mode == "L" else 3
     per_image = chans * image_size[0] * image_size[1]
@@ -506,5 +513,8 @@ def read_folder(
     else:
         train = decode("train")
     val = decode("val")
+    # after decoding: a class whose files all hold damaged data behind good headers is as empty as no files
+    _check_class_counts(train_root, classes, listed=listed_train,
+                        usable=lists["train"][1] + (lists["val"][1] if carved else []))  # fmt: skip
     test = decode("test") if "test" in lists else None
     return RawDataset(train=train, val=val, test=test, classes=classes, skipped=skipped, train_stream=stream)

@@ -306,7 +306,8 @@ def _read_text(path: Path, encoding: str = "utf-8-sig", fallback: bool = False) 
     except UnicodeDecodeError as err:
         if not fallback:
             line = data[: err.start].count(b"\n") + 1
-            raise DatasetError(f"{path}:{line}: not {encoding} text ({err.reason})") from err
+            name = "UTF-8" if encoding.startswith("utf-8") else encoding
+            raise DatasetError(f"{path}:{line}: not {name} text ({err.reason})") from err
     logger.warning("%s is not UTF-8 text: read as Windows-1252 (Latin-1)", path)
     return data.decode("cp1252", errors="replace")
 
@@ -625,7 +626,8 @@ def _read_table(
     header = [h.strip() for h in header]
     for column, option in ((text_column, "text_column"), (label_column, "label_column")):
         if column not in header:
-            raise DatasetError(f"{path}:{header_line}: no column {column!r} in the header {header}; set {option}")
+            raise DatasetError(f"{path}:{header_line}: no column {column!r} in the header {header}; set {option} "
+                               f"(--{option.replace('_', '-')})")
     text_at, label_at = header.index(text_column), header.index(label_column)
 
     def parse_row(row: list[str]) -> tuple[str, T]:
@@ -810,6 +812,8 @@ def load_text_dataset(
         raise DatasetError(f"{key}: found no training examples in {data_path}")
     if classes is not None:
         raw = _relabel(raw, list(classes), key)
+    elif len(raw.classes) < 2:
+        raise DatasetError(f"{key}: {data_path} needs at least two classes to learn, found only {raw.classes}")
 
     train, val, test = raw.train, raw.val, raw.test
     if val is not None:

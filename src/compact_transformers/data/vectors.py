@@ -203,8 +203,9 @@ def _parse_lines(name: str, lines: Iterable[str], wanted: dict[str, int], rows: 
             if number == 1 and _is_count_header(word, values):
                 continue
             dim = n_values
-            if dim == 0:
-                raise DatasetError(f"{name}:{number}: expected a word and its vector, got {line.strip()!r}")
+            if dim == 0 or not _all_numbers(values):  # the format is checked once, on the first vector
+                raise DatasetError(f"{name}:{number}: expected a word and its vector (numbers), got "
+                                   f"{line.strip()[:80]!r}")  # fmt: skip
         if n_values != dim:
             raise DatasetError(f"{name}:{number}: expected {dim} values, got {n_values}")
         row = wanted.pop(word, None)  # popped: the first vector of a word wins
@@ -251,6 +252,14 @@ def _pick_member(archive: zipfile.ZipFile, path: Path, *, member: str | None) ->
         what = "no .txt file" if not texts else f"{len(texts)} .txt files"
         raise DatasetError(f"{path} holds {what}; name one as {path}/MEMBER. Its members: {', '.join(names)}")
     return texts[0]
+
+
+def _all_numbers(values: str) -> bool:
+    try:
+        np.array(values.split(" "), dtype=np.float32)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_count_header(word: str, values: str) -> bool:

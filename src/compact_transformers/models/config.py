@@ -67,6 +67,12 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ConfigError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
+        for name in ("mlp_ratio", "dropout", "attn_dropout", "drop_path"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra must be a dict (class names, dataset, ...), got {self.extra!r}")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
         hidden = self.embed_dim * self.mlp_ratio
@@ -81,7 +87,7 @@ class ModelConfig:
                               f"got {self.positional_embedding!r}")
         for name in ("conv_stride", "conv_padding"):
             value = getattr(self, name)
-            if value is not None and value < (1 if name == "conv_stride" else 0):
+            if value is not None and (not isinstance(value, int) or value < (1 if name == "conv_stride" else 0)):
                 raise ConfigError(f"{name} must be {'>= 1' if name == 'conv_stride' else '>= 0'}, got {value!r}")
 
     def to_dict(self) -> dict:

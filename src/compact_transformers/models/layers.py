@@ -52,14 +52,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``attn_mask``: optional bool (B, N) with True for tokens that may be attended to."""
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, need_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``attn_mask``: optional bool (B, N) with True for tokens that may be attended to. ``need_weights``:
+        also return the attention probabilities (B, heads, N, N), before dropout; they come from the explicit
+        kernel (SDPA does not expose them), whatever ``impl`` says."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         key_mask = None if attn_mask is None else attn_mask[:, None, None, :]
         use_sdpa = self.impl == "sdpa" or (self.impl == "auto" and not self.training)
-        if use_sdpa:
+        weights = None
+        if use_sdpa and not need_weights:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=key_mask, dropout_p=self.attn_dropout if self.training else 0.0
             )
@@ -67,9 +72,11 @@ class Attention(nn.Module):
             scores = (q * self.scale) @ k.transpose(-2, -1)
             if key_mask is not None:
                 scores = scores.masked_fill(~key_mask, float("-inf"))
-            out = self.attn_drop(scores.softmax(dim=-1)) @ v
+            weights = scores.softmax(dim=-1)
+            out = self.attn_drop(weights) @ v
         out = out.transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj_drop(self.proj(out))
+        out = self.proj_drop(self.proj(out))
+        return (out, weights) if need_weights else out
 
 
 class DropPath(nn.Module):
@@ -112,11 +119,19 @@ class EncoderBlock(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.self_attn(self.pre_norm(x), attn_mask=attn_mask))
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, need_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``need_weights``: also return the attention probabilities (B, heads, N, N) (see :class:`Attention`)."""
+        if need_weights:
+            attended, weights = self.self_attn(self.pre_norm(x), attn_mask=attn_mask, need_weights=True)
+        else:
+            attended = self.self_attn(self.pre_norm(x), attn_mask=attn_mask)
+        x = x + self.drop_path(attended)
         x = self.norm1(x)
         mlp = self.linear2(self.dropout1(F.gelu(self.linear1(x))))
-        return x + self.drop_path(self.dropout2(mlp))
+        x = x + self.drop_path(self.dropout2(mlp))
+        return (x, weights) if need_weights else x
 
 
 class SeqPool(nn.Linear):
@@ -128,12 +143,17 @@ class SeqPool(nn.Linear):
     def __init__(self, dim: int) -> None:
         super().__init__(dim, 1)
 
-    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None, need_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, d) -> pooled (B, d); ``need_weights``: also the pooling weights (B, N), which sum to 1
+        over the tokens (0 for masked ones)."""
         scores = super().forward(x)  # (B, N, 1)
         if token_mask is not None:
             scores = scores.masked_fill(~token_mask[..., None], float("-inf"))
         weights = scores.softmax(dim=1)
-        return (weights.transpose(1, 2) @ x).squeeze(1)
+        pooled = (weights.transpose(1, 2) @ x).squeeze(1)
+        return (pooled, weights.squeeze(2)) if need_weights else pooled
 
 
 POSITIONAL_EMBEDDINGS = ("learnable", "sine", "none")
@@ -226,6 +246,25 @@ class TransformerClassifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens (B, N, d) -> pooled features (B, d). ``token_mask``: bool (B, N), True = real token."""
+        return self._forward_features(x, token_mask, need_weights=False)[0]
+
+    def forward_features_and_token_weights(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features (B, d) and what each input token weighs in them (B, N), from the same forward pass.
+
+        SeqPool: its softmax weights, exactly the coefficients of the pooled sum. Class token: its attention
+        to the N tokens in the last block, averaged over heads, without its attention to itself and
+        renormalised. Either way each row sums to 1 and masked tokens weigh 0. The weights are float32,
+        renormalised there when they were computed in lower precision (autocast).
+        """
+        features, weights = self._forward_features(x, token_mask, need_weights=True)
+        weights = weights.float()
+        return features, weights / weights.sum(dim=1, keepdim=True)
+
+    def _forward_features(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.pooling == "cls":
             x = torch.cat([self.class_emb.expand(x.shape[0], -1, -1), x], dim=1)
             if token_mask is not None:
@@ -243,12 +282,19 @@ class TransformerClassifier(nn.Module):
             else:
                 x = x + self.positional_emb
         x = self.dropout(x)
-        for block in self.blocks:
-            x = block(x, attn_mask=token_mask)
+        class_attention = None
+        for index, block in enumerate(self.blocks):
+            if need_weights and self.pooling == "cls" and index == len(self.blocks) - 1:
+                x, attention = block(x, attn_mask=token_mask, need_weights=True)
+                class_attention = attention[:, :, 0, self.num_prefix_tokens :].float().mean(dim=1)
+            else:
+                x = block(x, attn_mask=token_mask)
         x = self.norm(x)
-        if self.pooling == "cls":
-            return x[:, 0]
-        return self.attention_pool(x, token_mask=token_mask)
+        if self.pooling == "seqpool":
+            if need_weights:
+                return self.attention_pool(x, token_mask=token_mask, need_weights=True)
+            return self.attention_pool(x, token_mask=token_mask), None
+        return x[:, 0], class_attention
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.fc(self.forward_features(x, token_mask=token_mask))

@@ -140,6 +140,38 @@ class TextCompactTransformer(HubMixin, nn.Module):
         return self.config.num_classes
 
     def forward_features(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, token_mask = self._tokens(ids, mask)
+        return self.classifier.forward_features(x, token_mask=token_mask)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier.fc(self.forward_features(ids, mask))
+
+    def forward_with_token_weights(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, classes) and, from the same forward pass, what each of the encoder's tokens weighs in the
+        pooled feature (B, N) in float32, each row summing to 1 (0 for padding): SeqPool's weights, or the
+        class token's last-layer attention. :meth:`word_weights` spreads a row over the words."""
+        x, token_mask = self._tokens(ids, mask)
+        features, weights = self.classifier.forward_features_and_token_weights(x, token_mask=token_mask)
+        return self.classifier.fc(features), weights
+
+    def word_weights(self, token_weights: torch.Tensor, num_words: int) -> torch.Tensor:
+        """One text's token weights (N,) spread over its first ``num_words`` words (num_words,): each token's
+        weight is shared equally by the words its tokenizer window (convolution, then pooling) reads. A token
+        that reads only padding (the first one of ``text_cct_*_1x1``) gives its weight to no word."""
+        words = torch.zeros(num_words, dtype=torch.float32)
+        if num_words == 0:
+            return words
+        for token, weight in enumerate(token_weights.float().cpu().tolist()):
+            start, stop = (token, token + 1) if self.tokenizer is None else self.tokenizer.word_span(token)
+            start, stop = max(start, 0), min(stop, num_words)
+            if weight > 0 and stop > start:
+                words[start:stop] += weight / (stop - start)
+        return words
+
+    def _tokens(self, ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Word ids -> the encoder's input tokens (B, N, d) and their mask (None: all real)."""
         if ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"expected token ids of shape (B, L) and integer dtype, got {tuple(ids.shape)} {ids.dtype}")
         if ids.shape[1] > self.config.seq_len and self.config.positional_embedding != "none":
@@ -164,7 +196,4 @@ class TextCompactTransformer(HubMixin, nn.Module):
             # let it keep its first token.
             first = torch.arange(x.shape[1], device=x.device)[None, :] == 0
             token_mask = token_mask | (first & ~token_mask.any(dim=1, keepdim=True))
-        return self.classifier.forward_features(x, token_mask=token_mask)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier.fc(self.forward_features(ids, mask))
+        return x, token_mask

@@ -163,6 +163,15 @@ class TextConvTokenizer(nn.Module):
             length = conv_output_size(length, *self.pool)
         return length
 
+    def word_span(self, token: int) -> tuple[int, int]:
+        """The words ``[start, stop)`` that output token ``token`` is computed from (its convolution windows
+        under its pooling window); may reach past either end of the text, into the padding."""
+        first = last = token
+        if self.pool is not None:
+            kernel, stride, padding = self.pool
+            first, last = token * stride - padding, token * stride - padding + kernel - 1
+        return first * self.stride - self.padding, last * self.stride - self.padding + self.kernel_size
+
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .config import ModelConfig, to_pair  # to_pair is also imported from here (training)
+from .config import ModelConfig, as_size_pair, to_pair  # to_pair is also imported from here (training)
 from .hub import HubMixin
 from .layers import ATTENTION_IMPLS, TransformerClassifier, init_reference_weights
 from .stats import DATASET_STATS
@@ -48,7 +48,16 @@ class VisionConfig(ModelConfig):
     std: tuple[float, ...] = DATASET_STATS["cifar10"][1]
 
     def __post_init__(self) -> None:
-        self.img_size = to_pair(self.img_size)
+        size = as_size_pair(self.img_size)
+        if size is None:
+            raise ConfigError(f"img_size must be an int or an (H, W) pair of ints, got {self.img_size!r}")
+        self.img_size = size
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            ):
+                raise ConfigError(f"{name} must be a list of numbers (one per channel), got {values!r}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if self.family not in FAMILIES:
             raise ConfigError(f"family must be one of {FAMILIES}, got {self.family!r}")
@@ -135,6 +144,18 @@ class CompactTransformer(HubMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_with_token_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, classes) and, from the same forward pass, what each token weighs in the pooled feature,
+        on the token grid (B, H', W') in float32, each map summing to 1: SeqPool's weights (CVT, CCT) or the
+        class token's last-layer attention (ViT-Lite; see ``TransformerClassifier.forward_features_and_token_weights``).
+        Upsampled to the image, it is a heat map of where the model looked."""
+        if x.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got shape {tuple(x.shape)}")
+        self.tokenizer.check_input(x.shape[2], x.shape[3], x.shape[1])
+        features, weights = self.classifier.forward_features_and_token_weights(self.tokenizer(x))
+        grid = self.tokenizer.grid_size(x.shape[2], x.shape[3])
+        return self.forward_head(features), weights.reshape(x.shape[0], *grid)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier.fc

@@ -99,6 +99,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
             raise CheckpointError(f"no {WEIGHTS_FILE} in {path}: expected a directory written by save_model")
         config = _read_config(config_path) if config_path.exists() else _safetensors_config(weights_path)
     else:
+        if not path.is_file():
+            raise CheckpointError(f"model not found: {path} (expected a directory written by save_model or a "
+                                  ".safetensors file)")
+        if not _is_safetensors(path):  # never unpickled: a .pth is read only by read_state_dict, safely
+            raise CheckpointError(f"{path} is not a saved model (a directory written by save_model or a .safetensors "
+                                  "file); a .pth checkpoint of a preset becomes one with `cct convert PATH --model "
+                                  "NAME --output DIR`")
         weights_path = path
         config = _safetensors_config(weights_path)
     if config is None:

@@ -4,6 +4,8 @@ Images and text alike: a text dataset is recognised by its name or its files."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -12,7 +14,7 @@ from torch import nn
 from ..augment import AugmentConfig, EvalTransform, TrainAugment, WordDropout
 from ..data import ImageDataset, load_dataset, subset_per_class
 from ..data.text import PAD, UNK, TextDataset, detect_text_dataset, load_text_dataset, text_dataset_name
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DatasetError
 from ..models import create_model, get_preset, load_model, load_weights, read_state_dict
 from ..models.vision import to_pair
 from .recipe import TrainConfig
@@ -39,6 +41,13 @@ def is_text_data(dataset: str | None, data: str | None) -> bool:
 def load_training_data(config: TrainConfig) -> ImageDataset | TextDataset:
     """The dataset of ``config`` with its validation split, cut to ``samples_per_class`` if asked."""
     data = _load_text(config) if is_text_data(config.dataset, config.data) else _load_images(config)
+    if len(data.val) == 0:  # validating on nothing would record a meaningless 0% and never pick a best
+        counts = torch.bincount(data.train.labels, minlength=data.num_classes).tolist()
+        per_class = ", ".join(f"{name} {n}" for name, n in list(zip(data.classes, counts))[:10])
+        where, more = (f" of {config.data}" if config.data else ""), (", ..." if data.num_classes > 10 else "")
+        raise DatasetError(f"{data.name}: the validation split{where} has no readable example (training examples per "
+                           f"class: {per_class}{more}); give a validation split, or 2 examples per class or more so "
+                           "that one can be held out")  # fmt: skip
     if config.num_classes is not None and config.num_classes != data.num_classes:
         raise ConfigError(f"num_classes is {config.num_classes} but {data.name} has {data.num_classes} classes")
     if config.samples_per_class is not None:
@@ -137,17 +146,27 @@ def build_student(config: TrainConfig, data: ImageDataset | TextDataset, img_siz
              "seed": config.seed, "val_fraction": config.val_fraction, "flip_tta": config.uses_flip_tta}
     if is_timm:
         return _build_timm_student(config, data, img_size, mean, std, extra)
-    return create_model(
-        config.model,
-        pretrained=resolve_pretrained(config.pretrained),
-        num_classes=data.num_classes,
-        in_chans=data.in_chans,
-        img_size=img_size,
-        mean=mean,
-        std=std,
-        extra=extra,
-        **_regularisation(config),
-    )
+    with naming_option("--pretrained", config.pretrained):
+        return create_model(
+            config.model,
+            pretrained=resolve_pretrained(config.pretrained),
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
+            img_size=img_size,
+            mean=mean,
+            std=std,
+            extra=extra,
+            **_regularisation(config),
+        )
+
+
+@contextmanager
+def naming_option(option: str, source: str | None) -> Iterator[None]:
+    """Checkpoint errors raised inside name the option that gave the weights: ``--pretrained PATH: ...``."""
+    try:
+        yield
+    except CheckpointError as error:
+        raise CheckpointError(f"{option} {source}: {error}") from None
 
 
 def _build_timm_student(config: TrainConfig, data: ImageDataset, img_size: tuple[int, int],
@@ -168,7 +187,8 @@ def _build_timm_student(config: TrainConfig, data: ImageDataset, img_size: tuple
         if not path.exists():
             raise CheckpointError(f"--pretrained {config.pretrained}: no such run or saved model (a timm: model "
                                   "starts from a run or saved model of the same timm model)")
-        load_weights(model, read_state_dict(path), source=str(path))
+        with naming_option("--pretrained", config.pretrained):
+            load_weights(model, read_state_dict(path), source=str(path))
     return model
 
 
@@ -187,22 +207,23 @@ def _build_text_student(config: TrainConfig, data: TextDataset) -> nn.Module:
     vectors = load_word_vectors(config.embeddings, data.vocab, seed=config.seed) if config.embeddings else None
     if vectors is None:
         logger.info("text: no --embeddings: the word embedding is learned from scratch")
-    model = create_model(
-        config.model,
-        pretrained=resolve_pretrained(config.pretrained),
-        num_classes=data.num_classes,
-        vocab_size=len(data.vocab),
-        word_dim=vectors.dim if vectors is not None else 300,
-        padding_idx=PAD,
-        seq_len=data.seq_len,
-        freeze_embedding=vectors is not None and not config.train_embeddings,
-        # what `cct eval` / `cct predict` need: the vocabulary, the classes, where and how the data was read
-        extra={"classes": list(data.classes), "dataset": data.name, "seed": config.seed,
-               "val_fraction": config.val_fraction, "vocab": data.vocab.to_dict(), "data": config.data,
-               "text_column": config.text_column, "label_column": config.label_column, "trec_fine": config.trec_fine,
-               "embeddings": None if vectors is None else vectors.source},
-        **_regularisation(config),
-    )  # fmt: skip
+    with naming_option("--pretrained", config.pretrained):
+        model = create_model(
+            config.model,
+            pretrained=resolve_pretrained(config.pretrained),
+            num_classes=data.num_classes,
+            vocab_size=len(data.vocab),
+            word_dim=vectors.dim if vectors is not None else 300,
+            padding_idx=PAD,
+            seq_len=data.seq_len,
+            freeze_embedding=vectors is not None and not config.train_embeddings,
+            # what `cct eval` / `cct predict` need: the vocabulary, the classes, where and how the data was read
+            extra={"classes": list(data.classes), "dataset": data.name, "seed": config.seed,
+                   "val_fraction": config.val_fraction, "vocab": data.vocab.to_dict(), "data": config.data,
+                   "text_column": config.text_column, "label_column": config.label_column,
+                   "trec_fine": config.trec_fine, "embeddings": None if vectors is None else vectors.source},
+            **_regularisation(config),
+        )  # fmt: skip
     if vectors is not None and config.pretrained is None:
         with torch.no_grad():
             model.embedder.embeddings.weight.copy_(vectors.matrix)
@@ -217,20 +238,30 @@ def resolve_pretrained(source: str | None) -> str | None:
     path = run_model_dir(Path(source))
     if path.exists():
         return str(path)
-    preset = get_preset(source)  # raises with close names for a typo
+    preset = _preset_of_weights(source)
     if preset.weights_url is None:
-        raise CheckpointError(f"--pretrained {source}: no such file, and preset {preset.name} has no released weights")
+        raise CheckpointError(f"no such file, and preset {preset.name} has no released weights")
     return preset.weights_url
+
+
+def _preset_of_weights(source: str):
+    """The preset named ``source``, which is no file: the error says both."""
+    try:
+        return get_preset(source)
+    except ConfigError as error:
+        raise CheckpointError(f"no such file or directory, and {error} (expected a run directory, a saved model, "
+                              "a .pth or .safetensors file, hf-hub:ORG/NAME or a preset name)") from None
 
 
 def load_teacher(source: str, device: torch.device) -> nn.Module:
     """A trained teacher, frozen: a run directory (its best checkpoint), a saved model, a Hub model
     (``hf-hub:org/name``) or a preset with released weights."""
     path = run_model_dir(Path(source), best_first=True)
-    if source.startswith("hf-hub:") or path.exists():
-        teacher = load_model(source if source.startswith("hf-hub:") else path)
-    else:
-        teacher = create_model(source, pretrained=True)
+    with naming_option("--teacher", source):
+        if source.startswith("hf-hub:") or path.exists():
+            teacher = load_model(source if source.startswith("hf-hub:") else path)
+        else:
+            teacher = create_model(_preset_of_weights(source).name, pretrained=True)
     teacher.eval().requires_grad_(False)
     return prepare_model(teacher, device)
 

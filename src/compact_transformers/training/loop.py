@@ -39,7 +39,7 @@ from .recipe import TrainConfig
 from .rundir import (CONFIG_FILE, FINAL_FILE, append_history, new_run_dir, read_history, rewrite_history, to_json,
                      write_run_config)  # fmt: skip
 from .runtime import autocast_dtype, prepare_model, select_device
-from .state import checkpoint_dir, clean_checkpoints, load_state, save_final_model, rng_state, save_checkpoint, set_rng_state
+from .state import check_resumable, checkpoint_dir, clean_checkpoints, load_state, save_final_model, rng_state, save_checkpoint, set_rng_state
 from .step import Batch, StepTools, build_step_tools, train_step
 from .tracking import Tracker, create_tracker
 
@@ -86,6 +86,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     data = load_training_data(config) if data is None else data
     kill_point("setup")
     if resume:
+        check_resumable(run_dir)  # results without a checkpoint are never overwritten
         if info.is_main:
             clean_checkpoints(run_dir)  # finish a checkpoint swap a kill cut short, drop half-written copies
         from_rank0(None, info)  # the other ranks wait for it

@@ -193,15 +193,16 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def _to_number(name: str, value: Any, kind: type) -> int | float:
+    expected = f"{'an' if kind is int else 'a'} {kind.__name__}"
     if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a {kind.__name__}, got the boolean {value!r}")
+        raise ConfigError(f"{name} must be {expected}, got the boolean {value!r}")
     if isinstance(value, str):
         try:
             value = float(value.strip())  # PyYAML reads 55e-5 (no dot) as a string
         except ValueError:
-            raise ConfigError(f"{name} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}") from None
+            raise ConfigError(f"{name} must be {expected}, got {value!r}") from None
     if not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
     if kind is int:
         if isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{name} must be a whole number, got {value!r}")
@@ -448,6 +449,26 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def explicit_args(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig options the user actually gave on the command line, by field name."""
     return {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
+
+
+# Options that mean something for one kind of data only
+TEXT_OPTIONS = ("seq_len", "min_freq", "max_vocab", "embeddings", "train_embeddings", "word_dropout", "text_column",
+                "label_column", "trec_fine")  # fmt: skip
+IMAGE_OPTIONS = ("img_size", "mean", "std", "aa", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob",
+                 "mixup_off_epoch", "reprob", "scale", "ratio", "hflip", "translate", "interpolation", "flip_tta",
+                 "teacher", "distill_alpha")  # fmt: skip
+
+
+def check_options_fit_data(given: dict[str, Any], *, text: bool, data: str) -> None:
+    """Options given for the other kind of data would be ignored without a word: refuse them.
+    ``given``: the options of the command line; ``data``: the dataset's name or path, for the message."""
+    unused = [name for name in (IMAGE_OPTIONS if text else TEXT_OPTIONS)
+              if given.get(name) not in (None, False, "none")]  # fmt: skip
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        kind, other = ("text", "images") if text else ("images", "text")
+        them = "it" if len(unused) == 1 else "them"
+        raise ConfigError(f"{flags}: for {other} only, but {data} holds {kind}; leave {them} out")
 
 
 def pick_recipe(recipe: str, given: dict[str, Any], text: bool = False) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_text
-from .recipe import TrainConfig
+from .recipe import TrainConfig, check_field_names
+from .yaml_config import read_yaml
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -40,6 +41,16 @@ def check_run_name(name: str) -> None:
                           "use --output to choose where runs go")
 
 
+def check_output_folder(output: str) -> None:
+    """``--output`` is a folder, or is made as one: not an existing file."""
+    path = Path(output)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--output {output}: {parent} is a file; expected a folder for the run directories")
+            return
+
+
 def write_run_config(run_dir: Path, config: TrainConfig) -> None:
     import yaml
 
@@ -48,13 +59,19 @@ def write_run_config(run_dir: Path, config: TrainConfig) -> None:
 
 def load_run_config(run_dir: Path) -> TrainConfig:
     """The resolved config saved in a run directory."""
-    import yaml
-
     path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
+    if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
-    saved = yaml.safe_load(path.read_text())
-    return TrainConfig.from_dict({k: v for k, v in saved.items() if k not in _RETIRED_FIELDS})
+    try:
+        saved = read_yaml(path)
+        if not isinstance(saved, dict):
+            raise ConfigError(f"expected a mapping of settings, got {type(saved).__name__}")
+        saved = {k: v for k, v in saved.items() if k not in _RETIRED_FIELDS}
+        check_field_names(saved, where=str(path))
+        return TrainConfig.from_dict(saved)
+    except ConfigError as error:  # a damaged run config: the run cannot be resumed or evaluated as it was
+        message = str(error) if str(path) in str(error) else f"{path}: {error}"
+        raise CheckpointError(message) from None
 
 
 def read_history(run_dir: Path) -> list[dict]:

@@ -123,6 +123,21 @@ def checkpoint_dir(path: Path) -> Path:
     raise CheckpointError(f"no training checkpoint in {path}: expected {path}/checkpoints/last/{STATE_FILE}")
 
 
+def check_resumable(run_dir: Path) -> None:
+    """A run continues from its newest checkpoint, or starts again when it has none and no results yet (killed
+    in its first epoch); a run with results but no checkpoint is refused, so that they are not overwritten."""
+    run_dir = Path(run_dir)
+    try:
+        checkpoint_dir(run_dir)
+    except CheckpointError:
+        results = [name for name in ("metrics.jsonl", "final.json", "model")
+                   if (run_dir / name).is_dir() or ((run_dir / name).is_file() and (run_dir / name).stat().st_size)]
+        if results:
+            raise CheckpointError(f"cannot resume {run_dir}: it has no checkpoint ({run_dir}/checkpoints/last/"
+                                  f"{STATE_FILE}) but has results ({', '.join(results)}) that starting again would "
+                                  "overwrite; train a new run instead") from None
+
+
 def save_final_model(model: nn.Module, run_dir: Path) -> Path:
     """``run_dir/model``, written whole: into ``.model.tmp`` first, then renamed into place."""
     target, tmp = Path(run_dir) / "model", Path(run_dir) / ".model.tmp"

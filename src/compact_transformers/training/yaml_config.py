@@ -63,6 +63,24 @@ _TIMM_IGNORED = (
 _TIMM_KEYS = tuple(_TIMM_RENAMED) + tuple(_TIMM_UNSUPPORTED) + _TIMM_IGNORED + ("lr_base", "lr_base_size")
 
 
+def read_yaml(path: Path) -> Any:
+    """The parsed content of a YAML file; a file that is not YAML (or not UTF-8 text) is a ConfigError naming
+    ``file:line:column``."""
+    import yaml
+
+    data = path.read_bytes()
+    try:
+        return yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({error.reason}); expected a YAML file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+
+
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML file into a dict of TrainConfig field names (values converted to the field types).
 
@@ -71,18 +89,10 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     timm options with no meaning here are logged and ignored, and a key that is neither raises ConfigError.
     As in timm, `lr` in a file is the rate for that file's `batch_size` unless it gives `lr_base_batch`.
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+        raise ConfigError(f"config file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    raw = read_yaml(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -135,4 +145,7 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     if "lr" in out and "batch_size" in out and "lr_base_batch" not in out:
         out["lr_base_batch"] = out["batch_size"]
 
-    return {name: coerce_field(name, value) for name, value in out.items()}
+    try:
+        return {name: coerce_field(name, value) for name, value in out.items()}
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
