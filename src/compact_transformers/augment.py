@@ -582,6 +582,13 @@ class EvalTransform(torch.nn.Module):
         self.config = config
         self.normalize = _Normalize(config.mean, config.std)
 
+    @classmethod
+    def for_model(cls, model_config: object) -> EvalTransform:
+        """The transform a saved vision model was validated with in training: its size, mean/std and the
+        resize recorded in ``extra["interpolation"]`` (bicubic, the recipe's, for models that record none)."""
+        return cls(AugmentConfig(image_size=tuple(model_config.img_size), mean=model_config.mean, std=model_config.std,
+                                 randaugment=None, interpolation=model_config.extra.get("interpolation", "bicubic")))
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         cfg = self.config

@@ -884,7 +884,7 @@ def _predict_call(model: torch.nn.Module, spec: ModelSpec, device: torch.device)
     """One single-sample prediction as `cct predict` makes it, from a decoded uint8 image (a text's token ids)
     on the CPU to class probabilities on the CPU: the eval transform, channels-last input, autocast to the
     device's mixed-precision dtype, no_grad, softmax. ``model`` is prepared (device, layout, eval) already."""
-    from .augment import AugmentConfig, EvalTransform
+    from .augment import EvalTransform
     from .training.metrics import predict_text_logits, tta_logits
     from .training.runtime import autocast_dtype, prepare_input
 
@@ -898,10 +898,7 @@ def _predict_call(model: torch.nn.Module, spec: ModelSpec, device: torch.device)
             return logits.softmax(dim=1).cpu()
 
         return predict_text
-    config = model.config
-    # cli._eval_transform of a model trained without flip TTA: the validation transform of training
-    transform = EvalTransform(AugmentConfig(image_size=tuple(config.img_size), mean=config.mean, std=config.std,
-                                            randaugment=None, interpolation="bicubic"))  # fmt: skip
+    transform = EvalTransform.for_model(model.config)  # as `cct predict`; the bench's models use no flip TTA
     image = torch.randint(0, 256, (1, spec.in_chans, *spec.img_size), dtype=torch.uint8)
 
     def predict_image() -> torch.Tensor:

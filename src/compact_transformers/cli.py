@@ -141,19 +141,6 @@ def _load_for_inference(source: str):
     raise CliError(f"model not found: {source} (expected a run directory, a saved model or a .safetensors file)")
 
 
-def _interpolation(config) -> str:
-    """The resize used when the model was validated in training (bicubic, the recipe's, for older models)."""
-    return config.extra.get("interpolation", "bicubic")
-
-
-def _eval_transform(config):
-    """The evaluation transform the model was validated with during training."""
-    from .augment import AugmentConfig, EvalTransform
-
-    return EvalTransform(AugmentConfig(image_size=config.img_size, mean=config.mean, std=config.std,
-                                       randaugment=None, interpolation=_interpolation(config)))
-
-
 def _flip_tta(config, args: argparse.Namespace) -> bool:
     """Mirror-image test-time augmentation as in the model's validation during training, unless --no-flip-tta."""
     return bool(config.extra.get("flip_tta", False)) and not getattr(args, "no_flip_tta", False)
@@ -191,6 +178,7 @@ def _eval_data(args: argparse.Namespace, config, run_dir: Path | None):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .augment import EvalTransform
     from .data.text import TextDataset
     from .training.metrics import evaluate, evaluate_text
     from .training.plots import plot_confusion
@@ -222,7 +210,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                data.num_classes, batch_size=args.batch_size, autocast=autocast)
     else:
         flip_tta, what = _flip_tta(config, args), "images"
-        result = evaluate(model, split.images.to(device), split.labels.to(device), _eval_transform(config),
+        transform = EvalTransform.for_model(config)
+        result = evaluate(model, split.images.to(device), split.labels.to(device), transform,
                           data.num_classes, batch_size=args.batch_size, autocast=autocast, flip_tta=flip_tta)
     classes = config.extra.get("classes") or list(data.classes)
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path("eval"))
@@ -252,6 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
+    from .augment import EvalTransform
     from .data.images import IMAGE_EXTENSIONS, decode_image
     from .training.metrics import tta_logits
     from .training.runtime import autocast_dtype, prepare_input, prepare_model, select_device, tune_cpu
@@ -287,7 +277,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise CliError(f"no images found in {' '.join(args.inputs)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     model = prepare_model(model, device).eval()
-    transform = _eval_transform(config)
+    transform = EvalTransform.for_model(config)
     classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
     mode = "L" if config.in_chans == 1 else "RGB"
     amp = autocast_dtype(device, not args.fp32)

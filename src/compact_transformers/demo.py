@@ -46,7 +46,8 @@ class Predictor:
 
     def __init__(self, source: str, device: str = "auto", top_k: int = 5, fp32: bool = False,
                  no_flip_tta: bool = False, max_image_side: int = 4096, batch_size: int = 64) -> None:
-        from .cli import _eval_transform, _flip_tta, _load_for_inference
+        from .augment import EvalTransform
+        from .cli import _flip_tta, _load_for_inference
         from .models import TextConfig
         from .training.runtime import autocast_dtype, prepare_model, select_device
 
@@ -62,7 +63,7 @@ class Predictor:
         self.classes = self.config.extra.get("classes") or [str(i) for i in range(self.config.num_classes)]
         self.top_k, self.max_image_side, self.batch_size = top_k, max_image_side, batch_size
         if not self.is_text:
-            self.transform = _eval_transform(self.config)
+            self.transform = EvalTransform.for_model(self.config)
             self.flip_tta = _flip_tta(self.config, argparse.Namespace(no_flip_tta=no_flip_tta))
             self.mode = "L" if self.config.in_chans == 1 else "RGB"
 

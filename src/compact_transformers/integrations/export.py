@@ -148,7 +148,7 @@ def onnx_metadata(model: nn.Module, name: str | None = None) -> dict[str, str]:
         metadata.update(
             img_size=json.dumps(list(config.img_size)), in_chans=str(config.in_chans),
             mean=json.dumps(list(config.mean)), std=json.dumps(list(config.std)),
-            interpolation=extra.get("interpolation", "bicubic"),  # as cli._interpolation
+            interpolation=extra.get("interpolation", "bicubic"),  # as EvalTransform.for_model
             flip_tta=json.dumps(bool(extra.get("flip_tta", False))),
         )  # fmt: skip
     return metadata
