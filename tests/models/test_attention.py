@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compact_transformers.models import TextCompactTransformer, TextConfig, create_model
-from compact_transformers.models.layers import Attention
+from compact_transformers.models.layers import Attention, dropout_keep_mask, softmax_dropout
 
 NO_DROPOUT = dict(attn_dropout=0.0, drop_path=0.0, dropout=0.0)
 
@@ -105,3 +105,54 @@ def test_attention_dropout_is_active_only_in_training() -> None:
         assert not torch.allclose(attention(x), attention(x))
         attention.eval()
         torch.testing.assert_close(attention(x), attention(x))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.03])
+def test_dropout_keep_mask_keeps_each_entry_with_probability_one_minus_p(p: float) -> None:
+    torch.manual_seed(0)
+    mask = dropout_keep_mask((64, 128, 128), p, dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert mask.dtype == torch.bfloat16 and mask.shape == (64, 128, 128)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    kept = mask.float().mean().item()
+    sigma = (p * (1 - p) / mask.numel()) ** 0.5
+    assert abs(kept - (1 - p)) < 6 * sigma
+    # rows are not copies of each other (every entry has its own random bits)
+    assert not torch.equal(mask[0], mask[1])
+    torch.manual_seed(0)
+    again = dropout_keep_mask((64, 128, 128), p, dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert torch.equal(mask, again)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_dropout_forward_and_backward_equal_the_reference_with_the_same_mask(dtype: torch.dtype) -> None:
+    scores = torch.randn(3, 2, 7, 7, dtype=dtype, requires_grad=True)
+    torch.manual_seed(5)
+    out = softmax_dropout(scores, 0.25)
+    torch.manual_seed(5)
+    mask = dropout_keep_mask((3, 2, 7, 7), 0.25, dtype=dtype, device=torch.device("cpu"))
+    reference_scores = scores.detach().float().requires_grad_(True)
+    reference = reference_scores.softmax(-1) * mask.float()
+    atol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out.float(), reference, atol=atol, rtol=0)
+    upstream = torch.randn(3, 2, 7, 7)
+    out.backward(upstream.to(dtype))
+    reference.backward(upstream)
+    torch.testing.assert_close(scores.grad.float(), reference_scores.grad, atol=atol * 4, rtol=0)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_attention_dropout_in_training_is_dropout_of_the_attention_weights(autocast: bool) -> None:
+    """The CPU training path (softmax_dropout) computes proj(dropout(softmax(q k^T / sqrt(d))) v) with
+    nn.Dropout's scaling, for the mask it draws."""
+    attention = Attention(dim=16, num_heads=2, attn_dropout=0.2, impl="explicit").train()
+    x = torch.randn(3, 6, 16)
+    torch.manual_seed(11)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = attention(x)
+    torch.manual_seed(11)
+    mask = dropout_keep_mask((3, 2, 6, 6), 0.2, dtype=torch.float32, device=torch.device("cpu"))
+    q, k, v = attention.qkv(x).reshape(3, 6, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    weights = (q @ k.transpose(-2, -1) / 8**0.5).softmax(-1) * mask / 0.8
+    expected = attention.proj((weights @ v).transpose(1, 2).reshape(3, 6, 16))
+    torch.testing.assert_close(out.float(), expected, atol=3e-2 if autocast else 1e-5, rtol=0)
+    assert (mask == 0).any()  # the check above really involved dropped weights

@@ -87,7 +87,11 @@ class ConvTokenizer(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_layers(x).flatten(2).transpose(1, 2)
+        for conv, activation, pool in self.conv_layers:
+            # ReLU and max-pooling commute (both are monotone): pooling first gives the same tokens and
+            # gradients, with the ReLU and its backward on a quarter of the values.
+            x = activation(pool(conv(x)))
+        return x.flatten(2).transpose(1, 2)
 
 
 def patch_embed(in_chans: int, embed_dim: int, patch_size: int) -> ConvTokenizer:
