@@ -26,6 +26,7 @@ eager PyTorch, torch.compile and ONNX Runtime.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import ctypes.util
@@ -578,6 +579,16 @@ def _compiled(model: torch.nn.Module, variant: Variant) -> torch.nn.Module:
     return torch.compile(model, mode=variant.compile_mode) if variant.compile else model
 
 
+def _frozen_weights(variant: Variant) -> contextlib.AbstractContextManager:
+    """For a compiled inference variant, Inductor's freezing (weights folded in as constants, prepacked for
+    oneDNN), as `cct eval` compiles a long evaluation (`training.runtime.LowPrecisionInference`)."""
+    if not variant.compile:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
 def _mark_step(variant: Variant) -> None:
     """With CUDA graphs, tell torch that a new step begins (its graphs' outputs may be overwritten now)."""
     if variant.compile_mode == "reduce-overhead":
@@ -667,7 +678,8 @@ def build_step(spec: ModelSpec, variant: Variant, mode: str, batch_size: int, de
 
     def infer_step() -> None:
         _mark_step(variant)
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), \
+                _frozen_weights(variant):
             network(prepare_input(inputs[0], channels_last=variant.channels_last), *inputs[1:])
 
     return infer_step

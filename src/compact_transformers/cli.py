@@ -182,7 +182,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data.text import TextDataset
     from .training.metrics import evaluate, evaluate_text
     from .training.plots import plot_confusion
-    from .training.runtime import autocast_dtype, prepare_model, select_device, tune_cpu
+    from .training.runtime import (
+        autocast_dtype, inference_model, prepare_input, prepare_model, select_device, tune_cpu,
+    )
 
     tune_cpu()
     model, run_dir = _load_for_inference(args.model)
@@ -211,8 +213,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         flip_tta, what = _flip_tta(config, args), "images"
         transform = EvalTransform.for_model(config)
-        result = evaluate(model, split.images.to(device), split.labels.to(device), transform,
-                          data.num_classes, batch_size=args.batch_size, autocast=autocast, flip_tta=flip_tta)
+        images = split.images.to(device)
+        batches = -(-len(images) // args.batch_size) * (2 if flip_tta else 1)
+        runner = inference_model(model, prepare_input(transform(images[: args.batch_size])), amp_dtype=autocast,
+                                 batches=batches)
+        result = evaluate(runner, images, split.labels.to(device), transform, data.num_classes,
+                          batch_size=args.batch_size, autocast=autocast if runner is model else None,
+                          flip_tta=flip_tta)
     classes = config.extra.get("classes") or list(data.classes)
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path("eval"))
     out_dir.mkdir(parents=True, exist_ok=True)
