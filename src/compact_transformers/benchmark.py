@@ -580,9 +580,9 @@ def _compiled(model: torch.nn.Module, variant: Variant) -> torch.nn.Module:
 
 
 def _frozen_weights(variant: Variant) -> contextlib.AbstractContextManager:
-    """For a compiled inference variant, Inductor's freezing (weights folded in as constants, prepacked for
+    """For a compiled bf16-weights inference variant, Inductor's freezing (weights folded in as constants, prepacked for
     oneDNN), as `cct eval` compiles a long evaluation (`training.runtime.LowPrecisionInference`)."""
-    if not variant.compile:
+    if not (variant.compile and variant.low_precision_weights):  # under autocast, freezing broke a conv
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config
 
