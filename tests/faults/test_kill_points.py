@@ -39,7 +39,7 @@ def default_sigint() -> None:
 
 def cct(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "compact_transformers.cli", *args], capture_output=True, text=True,
-                          env=env or ENV, timeout=timeout)  # fmt: skip
+                          env=env or ENV, timeout=timeout, preexec_fn=default_sigint)  # fmt: skip
 
 
 def start(*args: str, env: dict | None = None) -> subprocess.Popen:
