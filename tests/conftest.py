@@ -8,11 +8,19 @@ forward pass in plain torch ops over such a state dict.
 from __future__ import annotations
 
 import math
+import signal
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+
+# A shell that starts the suite in the background makes it ignore SIGINT, and every child process inherits
+# that: Python then installs no KeyboardInterrupt handler, and the CLI's interrupt tests see none. A handler
+# (unlike "ignore") is reset to the default on exec, so the children get SIGINT as a terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def reference_sine_table(num_positions: int, dim: int) -> torch.Tensor:

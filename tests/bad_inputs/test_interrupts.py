@@ -11,12 +11,6 @@ from pathlib import Path
 import pytest
 
 
-def default_sigint() -> None:
-    """For a child process: SIGINT's default disposition. A shell that runs the tests in the background makes
-    its children ignore SIGINT, and Python then installs no KeyboardInterrupt handler at all."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _waits_on_stdin(pid: int) -> bool:
     """Whether the process is blocked in read(0, ...) (x86-64 and arm64 syscall numbers)."""
     try:
@@ -31,8 +25,7 @@ def test_interrupted_while_reading_texts(signum: int, code: int, text_run: Path)
     if sys.platform != "linux":
         pytest.skip("reads /proc")
     process = subprocess.Popen([sys.executable, "-m", "compact_transformers.cli", "predict", str(text_run), "-"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=default_sigint)
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not _waits_on_stdin(process.pid):

@@ -31,20 +31,14 @@ TRAIN = ["train", "--samples-per-class", "5", "--epochs", str(EPOCHS), "--batch-
 TIMING_KEYS = {"seconds", "img_per_s", "seq_per_s", "epoch_seconds", "time"}
 
 
-def default_sigint() -> None:
-    """For a child process: SIGINT's default disposition. A shell that runs the tests in the background makes
-    its children ignore SIGINT, and Python then installs no KeyboardInterrupt handler at all."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def cct(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "compact_transformers.cli", *args], capture_output=True, text=True,
-                          env=env or ENV, timeout=timeout, preexec_fn=default_sigint)  # fmt: skip
+                          env=env or ENV, timeout=timeout)  # fmt: skip
 
 
 def start(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "compact_transformers.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env or ENV, preexec_fn=default_sigint)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=env or ENV)  # fmt: skip
 
 
 # one thread: runs are bit-reproducible across processes, and two can share the machine's cores
