@@ -582,11 +582,11 @@ def _compiled(model: torch.nn.Module, variant: Variant) -> torch.nn.Module:
 def _frozen_weights(variant: Variant) -> contextlib.AbstractContextManager:
     """For a compiled bf16-weights inference variant, Inductor's freezing (weights folded in as constants, prepacked for
     oneDNN), as `cct eval` compiles a long evaluation (`training.runtime.LowPrecisionInference`)."""
+    from .training.runtime import frozen_weights
+
     if not (variant.compile and variant.low_precision_weights):  # under autocast, freezing broke a conv
         return contextlib.nullcontext()
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(freezing=True)
+    return frozen_weights()
 
 
 def _mark_step(variant: Variant) -> None:
