@@ -27,6 +27,10 @@ class DivergedError(UserError, FloatingPointError):
     """Training produced a non-finite loss (usually a learning rate too high for the model)."""
 
 
+class ExportError(UserError, RuntimeError):
+    """An exported model does not compute what the PyTorch model computes; nothing was written."""
+
+
 class HubError(UserError):
     """The Hugging Face Hub could not be reached or refused an upload (network, login, permissions)."""
 

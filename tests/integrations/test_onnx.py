@@ -16,10 +16,9 @@ from PIL import Image
 import compact_transformers
 from compact_transformers.cli import main
 from compact_transformers.data.text import Vocabulary
-from compact_transformers.errors import CheckpointError, ConfigError
+from compact_transformers.errors import CheckpointError, ConfigError, ExportError
 from compact_transformers.integrations import export as export_module
 from compact_transformers.integrations.export import (
-    ExportError,
     OnnxClassifier,
     export_model,
     load_onnx,

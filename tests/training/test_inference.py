@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from compact_transformers.errors import ConfigError
 from compact_transformers.models import create_model
 from compact_transformers.training import runtime
 from compact_transformers.training.runtime import LowPrecisionInference, inference_model, prepare_input
@@ -78,3 +79,11 @@ def test_inference_model_compiles_only_a_long_evaluation(monkeypatch: pytest.Mon
     long = inference_model(model, batch, amp_dtype=torch.bfloat16, batches=10)
     assert isinstance(long, LowPrecisionInference) and long.compiled is not None and long.batch_size == 4
     assert not model.training  # tiny_model is in eval mode, and stays so
+
+
+def test_inference_model_restores_training_mode_when_the_batch_is_rejected() -> None:
+    model = tiny_model().train()
+    wrong_channels = prepare_input(torch.randn(2, 1, 16, 16))
+    with pytest.raises(ConfigError, match="1 channels"):
+        inference_model(model, wrong_channels, amp_dtype=torch.bfloat16, batches=1)
+    assert model.training

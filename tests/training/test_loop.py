@@ -18,42 +18,15 @@ from safetensors.torch import load_file
 from compact_transformers.models import create_model, load_model
 from compact_transformers.models.weights import save_model
 from compact_transformers.training import budget, build, loop
-from compact_transformers.training import step as step_module
 from compact_transformers.training.distributed import DistInfo
-from compact_transformers.training.losses import SoftTargetCrossEntropy
-from compact_transformers.training.recipe import TrainConfig, apply_recipe
+from compact_transformers.training.recipe import TrainConfig
 from compact_transformers.training.rundir import load_run_config
 from compact_transformers.training.state import load_state
+from tiny_runs import MODEL, interrupt_at_step, read_records, tiny_config
 
-MODEL = "cct_2_3x2_32"
 TIMING_KEYS = ("img_per_s", "epoch_seconds")  # the only record fields allowed to differ between runs
 RECORD_KEYS = {"epoch", "lr", "train_loss", "train_top1", "img_per_s", "epoch_seconds", "val_loss", "val_top1",
                "val_top5"}  # fmt: skip
-
-
-def tiny_config(output: Path, name: str, epochs: int = 2, **changes: object) -> TrainConfig:
-    """The `cct train` digits recipe, shrunk: 5 images per class, 3 steps of 16 per epoch, on the CPU."""
-    config = apply_recipe(TrainConfig(), "digits", epochs=epochs)
-    return config.replace(model=MODEL, samples_per_class=5, batch_size=16, output=str(output), name=name,
-                          quiet=True, device="cpu", **changes)  # fmt: skip
-
-
-def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """Send SIGINT to this process during the `step`-th training step (1-based, counted over the run)."""
-    calls = {"n": 0}
-
-    class InterruptingLoss(SoftTargetCrossEntropy):
-        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            calls["n"] += 1
-            if calls["n"] == step:
-                signal.raise_signal(signal.SIGINT)
-            return super().forward(logits, target)
-
-    monkeypatch.setattr(step_module, "SoftTargetCrossEntropy", InterruptingLoss)
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def without_timing(records: list[dict]) -> list[dict]:

@@ -3,38 +3,23 @@ run that logs each epoch once, the tracker closed whatever ends the run, and the
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from compact_transformers.cli import main
 from compact_transformers.errors import ConfigError
 from compact_transformers.training import loop
-from compact_transformers.training import step as step_module
-from compact_transformers.training.losses import SoftTargetCrossEntropy
-from compact_transformers.training.recipe import TrainConfig, add_config_arguments, apply_recipe, explicit_args
+from compact_transformers.training.recipe import TrainConfig, add_config_arguments, explicit_args
 from compact_transformers.training.rundir import load_run_config
 from compact_transformers.training.tracking import TensorBoardTracker, Tracker
+from tiny_runs import interrupt_at_step, read_records, tiny_config
 
 # the scalars of a validated image run's metrics records, by TensorBoard tag
 TAGS = {"train/loss": "train_loss", "train/top1": "train_top1", "train/lr": "lr", "val/loss": "val_loss",
         "val/top1": "val_top1", "val/top5": "val_top5", "speed/img_per_s": "img_per_s",
         "speed/epoch_seconds": "epoch_seconds"}  # fmt: skip
-
-
-def tiny_config(output: Path, name: str, epochs: int = 2, **changes: object) -> TrainConfig:
-    """The digits recipe shrunk as in test_loop: 5 images per class, 3 steps of 16 per epoch, on the CPU."""
-    config = apply_recipe(TrainConfig(), "digits", epochs=epochs)
-    return config.replace(model="cct_2_3x2_32", samples_per_class=5, batch_size=16, output=str(output), name=name,
-                          quiet=True, device="cpu", **changes)  # fmt: skip
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def read_events(log_dir: Path):
@@ -43,20 +28,6 @@ def read_events(log_dir: Path):
 
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0}, purge_orphaned_data=False)
     return events.Reload()
-
-
-def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """SIGINT during the `step`-th training step of the run (1-based)."""
-    calls = {"n": 0}
-
-    class InterruptingLoss(SoftTargetCrossEntropy):
-        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            calls["n"] += 1
-            if calls["n"] == step:
-                signal.raise_signal(signal.SIGINT)
-            return super().forward(logits, target)
-
-    monkeypatch.setattr(step_module, "SoftTargetCrossEntropy", InterruptingLoss)
 
 
 def assert_scalars_match_records(events, records: list[dict]) -> None:

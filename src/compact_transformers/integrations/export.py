@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, UserError
+from ..errors import CheckpointError, ConfigError, ExportError
 from ..fileio import atomic_write
 from ..models import CompactTransformer, TextCompactTransformer, resolve_name, save_model
 
@@ -49,10 +49,6 @@ VERIFY_BATCH = 7  # odd, and not the batch of the traced example, to catch a bat
 # kernels differ by ~1e-6 of it, a wrong graph by far more.
 DEFAULT_TOLERANCE = 1e-4
 INSTALL_HINT = "pip install 'compact-transformers[export]'"
-
-
-class ExportError(UserError, RuntimeError):
-    """The exported model does not compute what the PyTorch model computes; nothing was written."""
 
 
 def _onnxruntime():

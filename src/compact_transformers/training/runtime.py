@@ -170,12 +170,14 @@ def inference_model(model: torch.nn.Module, first_batch: torch.Tensor, *, amp_dt
         return model
     was_training = model.training
     model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=amp_dtype):
-        model(first_batch)  # the first call creates the oneDNN primitives: time the second
-        start = time.perf_counter()
-        model(first_batch)
-        expected_s = (time.perf_counter() - start) * batches
-    model.train(was_training)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=amp_dtype):
+            model(first_batch)  # the first call creates the oneDNN primitives: time the second
+            start = time.perf_counter()
+            model(first_batch)
+            expected_s = (time.perf_counter() - start) * batches
+    finally:
+        model.train(was_training)  # also when the model rejects the batch
     if expected_s <= COMPILE_WORTH_S:
         return model
     logger.info("evaluation expected to take %.0f s: compiling a bf16 copy of the model first", expected_s)
