@@ -6,17 +6,14 @@ import csv
 import json
 import random
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from compact_transformers.cli import main
 from compact_transformers.training import loop
-from compact_transformers.training import step as step_module
-from compact_transformers.training.losses import SoftTargetCrossEntropy
 from compact_transformers.training.rundir import load_run_config, read_history
+from tiny_runs import interrupt_at_step
 
 FILLERS = "the a of to and in is it that was for on are with as his they be at one have this from".split()
 
@@ -111,17 +108,8 @@ def test_resume_of_an_interrupted_text_run_is_bit_identical(tmp_path: Path, monk
     data = write_word_order_task(tmp_path / "order", train=300, test=60)
     argv = ["train", "--data", str(data), *TEXT_TRAIN, "--epochs", "2", "--output", str(tmp_path / "runs")]
     assert main([*argv, "--name", "whole"]) == 0
-    calls = {"n": 0}
-
-    class InterruptingLoss(SoftTargetCrossEntropy):
-        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            calls["n"] += 1
-            if calls["n"] == 6:  # mid-way through epoch 2 (4 steps of 64 per epoch)
-                signal.raise_signal(signal.SIGINT)
-            return super().forward(logits, target)
-
     with monkeypatch.context() as patch:
-        patch.setattr(step_module, "SoftTargetCrossEntropy", InterruptingLoss)
+        interrupt_at_step(patch, 6)  # mid-way through epoch 2 (4 steps of 64 per epoch)
         assert main([*argv, "--name", "split"]) == 130
     split = tmp_path / "runs" / "split"
     assert not (split / "final.json").exists()

@@ -1,4 +1,4 @@
-"""Helpers shared by the training-run tests (training/test_loop, training/test_tracking): a tiny digits run."""
+"""Helpers shared by the training-run tests (training/test_loop, training/test_tracking, test_cli_text)."""
 
 from __future__ import annotations
 
