@@ -438,7 +438,7 @@ def test_cudagraphs_variant_steps_on_cpu(one_thread):
 
 @pytest.mark.slow
 def test_gpu_check_script_runs_on_cpu_with_tiny_settings(tmp_path):
-    """benchmarks/gpu_check.sh --device cpu --tiny: every step's JSON, and a summary of the steps."""
+    """benchmarks/gpu_check.sh --device cpu --tiny: every step's JSON or run directory, and a summary."""
     out = tmp_path / "check"
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("CCT_CHECK_COMPILE", None)
@@ -450,12 +450,18 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_settings(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"] == "cpu" and summary["tiny"] is True
-    assert {s["step"]: s["status"] for s in summary["steps"]} == {
-        "throughput": "ok", "accuracy": "ok", "latency": "ok", "compiled": "skipped",
-    }  # fmt: skip
+    assert [(s["step"], s["status"]) for s in summary["steps"]] == [
+        ("train", "ok"), ("throughput", "ok"), ("compiled", "skipped"), ("train-b512", "ok"), ("latency", "ok"),
+        ("accuracy", "ok"),
+    ]  # fmt: skip
+    for name, batch_size in (("train", 64), ("train-b512", 512)):  # digits' recipe batch, then --batch-size 512
+        final = json.loads((out / name / "final.json").read_text())
+        assert final["val"]["count"] > 0 and 0 <= final["val"]["top1"] <= 100
+        assert f"steps of {batch_size}" in (out / f"{name}.log").read_text()
+        assert "time limit 0.2 min" in (out / f"{name}.log").read_text()
     throughput = json.loads((out / "throughput.json").read_text())
     assert throughput["schema"] == "cct-bench/2" and throughput["machine"]["device"] == "cpu"
-    assert {r["variant"] for r in throughput["results"]} == {"baseline", "amp-nchw", "fp32-cl", "fast"}
+    assert {r["variant"] for r in throughput["results"]} == {"baseline", "amp-nchw", "fp32-cl", "fast", "fast-sdpa"}
     assert "warnings" in throughput and throughput["model_peak"]
     accuracy = json.loads((out / "accuracy.json").read_text())
     assert accuracy["results"] == [] and accuracy["time_to_accuracy"]["dataset"] == "digits"

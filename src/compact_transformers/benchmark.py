@@ -75,7 +75,7 @@ class Variant:
     """One combination of speed levers. ``amp``: autocast to the run's precision (``--precision``)."""
 
     name: str
-    attn_impl: str  # "explicit" | "sdpa" | "auto" (explicit while training, SDPA in eval)
+    attn_impl: str  # "explicit" | "sdpa" | "auto" (explicit while training on a CPU, SDPA otherwise)
     channels_last: bool
     amp: bool
     recipe_optimizer: bool  # True: the fused AdamW of `cct train`; False: torch.optim.AdamW defaults
@@ -99,7 +99,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("fp32-cl", "explicit", True, False, False, "baseline + channels-last"),
         Variant("amp-nchw", "explicit", False, True, False, "baseline + mixed precision"),
         Variant("fp32-sdpa", "sdpa", False, False, False, "baseline + SDPA attention (training too)"),
-        Variant("fp32-auto", "auto", False, False, False, "baseline + SDPA in eval only"),
+        Variant("fp32-auto", "auto", False, False, False, "baseline + auto attention (SDPA but in CPU training)"),
         Variant("fp32-fused", "explicit", False, False, True, "baseline + the recipe's fused AdamW"),
         # two levers, and the fast path with SDPA in training as well
         Variant("amp-cl", "explicit", True, True, False, "mixed precision + channels-last"),

@@ -55,6 +55,24 @@ def test_auto_switches_between_the_two() -> None:
     torch.testing.assert_close(attention.train()(x), explicit.train()(x), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize(("device", "training", "fused"), [
+    ("cpu", False, True), ("cpu", True, False),  # on a CPU the explicit backward is the faster one
+    ("meta", False, True), ("meta", True, True),  # any other device (a GPU) trains with SDPA too
+])  # fmt: skip
+def test_auto_picks_sdpa_except_for_training_on_a_cpu(monkeypatch, device: str, training: bool, fused: bool) -> None:
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].device.type)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    attention = Attention(dim=16, num_heads=2, attn_dropout=0.1, impl="auto").to(device).train(training)
+    out = attention(torch.randn(2, 5, 16, device=device))
+    assert out.shape == (2, 5, 16) and calls == ([device] if fused else [])
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_sdpa_equals_explicit_with_a_key_padding_mask(training: bool) -> None:
     sdpa = Attention(dim=32, num_heads=4, attn_dropout=0.0, impl="sdpa")
