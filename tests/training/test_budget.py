@@ -67,13 +67,14 @@ def test_replan_uses_the_fastest_recent_epoch_or_the_probe() -> None:
     budget.elapsed = lambda: fake["now"]  # type: ignore[method-assign]
     fake["now"] = 100.0  # a first epoch slowed to 100 s by another process
     alone = budget.replan(config, 100.0, epochs_done=1)
-    assert alone is not None and alone["epochs"] == 1 + int((588 - 100) // 100)  # no better estimate yet
+    # epochs of which half or more fits count (budget.LAST_EPOCH_SHARE): round, not floor
+    assert alone is not None and alone["epochs"] == 1 + round((588 - 100) / 100)  # no better estimate yet
     budget.recent, budget.probe_seconds = [], 10.0  # the probe steps said 10 s per epoch
     with_probe = budget.replan(config, 100.0, epochs_done=1)
-    assert with_probe is not None and with_probe["epochs"] == 1 + int((588 - 100) // 10)
+    assert with_probe is not None and with_probe["epochs"] == 1 + round((588 - 100) / 10)
     fake["now"] = 110.0
     faster = budget.replan(config.replace(**with_probe), 8.0, epochs_done=2)  # a faster phase: more epochs
-    assert faster is not None and faster["epochs"] == min(60, 2 + int((588 - 110) // 8))
+    assert faster is not None and faster["epochs"] == min(60, 2 + round((588 - 110) / 8))
 
 
 class FakeClock:

@@ -250,6 +250,9 @@ def test_fit_schedule_shrinks_epochs_warmup_and_cooldown() -> None:
     assert fit(config, elapsed=12.0) == {"epochs": 97, "warmup_epochs": 3, "cooldown_epochs": 3}
     assert budget.fit_schedule(config, budget_seconds=600.0, elapsed=1.0, epoch_seconds=0.01) is None  # all fit
     assert fit(config, elapsed=900.0)["epochs"] == 1  # over already
+    # an epoch of which half or more fits is planned too (the clock ends it); less than half is not
+    assert fit(config, elapsed=12.0 - 0.6 * 6.0)["epochs"] == 98  # 96.6 epochs' time left
+    assert fit(config, elapsed=12.0 - 0.4 * 6.0)["epochs"] == 97  # 96.4
     # epochs planned from the budget grow back when the first epoch was faster than the probe said, up to
     # max_epochs; chosen epochs are only ever shrunk
     planned = TrainConfig(epochs=40, warmup_epochs=2, cooldown_epochs=2, time_limit=10.0)

@@ -40,6 +40,9 @@ FINISH_SECONDS = 5.0
 FILL = 0.98
 # Re-plans use the fastest of this many last epochs (and of the probe): contention only slows steps down.
 RECENT_EPOCHS = 3
+# Plans count an epoch of which at least this share fits: the clock ends it early, in the schedule's last few
+# percent (at its minimum rate), instead of leaving up to a whole epoch of the budget unused.
+LAST_EPOCH_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,10 @@ def fit_schedule(config: TrainConfig, *, budget_seconds: float, elapsed: float, 
                  max_epochs: int | None = None, epochs_done: int = 1) -> dict | None:
     """Epochs (and warmup/cooldown, proportionally) such that the run fits ``budget_seconds``, after
     ``epochs_done`` epochs ended ``elapsed`` seconds in and later ones take ``epoch_seconds``; with
-    ``max_epochs`` (epochs planned from the budget) they may also grow, up to that many. None: the configured
-    epochs fit."""
+    ``max_epochs`` (epochs planned from the budget) they may also grow, up to that many; the last one may be
+    one that only ``LAST_EPOCH_SHARE`` of fits (the time limit ends it). None: the configured epochs fit."""
     remaining = FILL * budget_seconds - elapsed
-    fit = epochs_done + int(max(remaining, 0.0) // max(epoch_seconds, 1e-6))
+    fit = epochs_done + int(max(remaining, 0.0) / max(epoch_seconds, 1e-6) + 1 - LAST_EPOCH_SHARE)
     fit = min(fit, max(max_epochs or 0, config.epochs))
     if fit == config.epochs or (fit > config.epochs and max_epochs is None):
         return None

@@ -177,7 +177,11 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                                run_dir / "checkpoints" / "last", run_dir)
                 return RunResult(run_dir, epoch, best_top1, interrupted=True, signal=stop.signal or signal.SIGINT)
             if ran.stopped and not interrupted:  # the partial epoch is evaluated and recorded as the last one
-                logger.warning("time limit of %.1f min reached during epoch %d", config.time_limit, epoch + 1)
+                if epoch + 1 == config.epochs:  # planned: only part of the last epoch fitted the budget
+                    logger.info("time limit %.1f min: the last epoch ends after %d of its %d steps", config.time_limit,
+                                ran.next_step, batches.steps_per_epoch)
+                else:
+                    logger.warning("time limit of %.1f min reached during epoch %d", config.time_limit, epoch + 1)
             record = {"epoch": epoch + 1, "lr": tools.schedule.last_lr, **_epoch_summary(ran, info, batches.unit)}
             # a time-limited run also validates after its first epoch, to time validation for the refit
             first_of_budget = budget is not None and state is None and epoch == 0
