@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check: `cct bench` on one GPU in under 8 minutes, its JSON results under OUT_DIR.
+# GPU readiness check: `cct bench` and `cct train` on one GPU in under 8 minutes, results under OUT_DIR.
 #
 #   benchmarks/gpu_check.sh OUT_DIR [--device cuda|cuda:N|cpu] [--fashion-mnist DIR] [--tiny]
 #
@@ -8,7 +8,7 @@
 #   train/           the default command on Fashion-MNIST with --time-limit 1 (test top-1 after 60 s, the
 #                    whole command; the dataset held on the device), run directory under OUT_DIR/train
 #   throughput.json  cct bench: 3 models at batch 128 and 512, baseline / bf16 autocast / channels-last / fast
-#                    / fast with SDPA (fused attention) in training too
+#                    / fast with explicit attention (fast trains with SDPA on a GPU, with it on a CPU)
 #   compiled.json    fast vs fast+compile vs fast+cudagraphs (torch.compile, mode reduce-overhead)
 #   train-b512/      the same 60-second run at batch 512 (lr scaled linearly)
 #   latency.json     batch-1 latency of cct_7_3x1_32: eager, torch.compile, ONNX Runtime (CPU)
@@ -17,8 +17,8 @@
 # exit code and seconds). Exit status 0 when every step that ran succeeded, 1 otherwise.
 #
 # --device cpu (or CCT_CHECK_DEVICE=cpu) runs it without a GPU; --tiny (or CCT_CHECK_TINY=1) shrinks every
-# step to seconds (a small input, a few steps, one epoch on 10 images per class, digits when Fashion-MNIST
-# is missing) for a smoke test. The compile steps run on CUDA, or anywhere with CCT_CHECK_COMPILE=1.
+# step to seconds (a small input, a few steps, one epoch on 10 images per class, train steps of 12 s, digits
+# when Fashion-MNIST is missing) for a smoke test. The compile steps run on CUDA, or anywhere with CCT_CHECK_COMPILE=1.
 # PYTHON (default python3) is the interpreter with compact_transformers installed.
 set -u
 
@@ -43,6 +43,9 @@ mkdir -p "$out" || exit 2
 
 python="${PYTHON:-python3}"
 budget="${CCT_CHECK_BUDGET:-465}"  # seconds for all steps: 8 minutes less a margin for start-up and the summary
+case "$budget" in
+    ''|*[!0-9]*) echo "gpu_check.sh: CCT_CHECK_BUDGET must be whole seconds, got '$budget'" >&2; exit 2 ;;
+esac
 started=$(date +%s)
 compile=0
 train_data=()
@@ -94,7 +97,10 @@ run_step() {
     echo "gpu_check.sh: $name (at most ${left} s)" >&2
     begin=$(date +%s)
     local target=("--output" "$out/$name.json")
-    [ "$command" = train ] && target=("--output" "$out" "--name" "$name")
+    if [ "$command" = train ]; then
+        target=("--output" "$out" "--name" "$name")
+        rm -rf "${out:?}/$name"  # a run directory left by an earlier check would make cct train pick another name
+    fi
     timeout --signal=TERM --kill-after=10 "$left" \
         "$python" -m compact_transformers.cli "$command" --device "$device" "${target[@]}" "$@" \
         >"$out/$name.log" 2>&1
@@ -116,7 +122,7 @@ else
     summary+=("{\"step\": \"train\", \"status\": \"skipped\", \"reason\": \"no Fashion-MNIST\"}")
 fi
 run_step throughput bench --models "$models_all" "${sizes[@]}" --precision bf16 \
-    --variants baseline,amp-nchw,fp32-cl,fast,fast-sdpa
+    --variants baseline,amp-nchw,fp32-cl,fast,fast-explicit
 if [ "$compile" = 1 ]; then
     compiled_sizes=("${sizes[@]}")
     [ "$tiny" = 1 ] || compiled_sizes=(--batch-sizes 512)
@@ -127,6 +133,8 @@ else
 fi
 if [ "${#train_data[@]}" -gt 0 ]; then
     run_step train-b512 train "${train_data[@]}" --time-limit "$train_minutes" --batch-size 512
+else
+    summary+=("{\"step\": \"train-b512\", \"status\": \"skipped\", \"reason\": \"no Fashion-MNIST\"}")
 fi
 run_step latency bench --modes latency --models "$model_one" --latency-paths "$latency_paths" "${latency[@]}" \
     --peak-sizes 256

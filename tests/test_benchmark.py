@@ -461,7 +461,8 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_settings(tmp_path):
         assert "time limit 0.2 min" in (out / f"{name}.log").read_text()
     throughput = json.loads((out / "throughput.json").read_text())
     assert throughput["schema"] == "cct-bench/2" and throughput["machine"]["device"] == "cpu"
-    assert {r["variant"] for r in throughput["results"]} == {"baseline", "amp-nchw", "fp32-cl", "fast", "fast-sdpa"}
+    assert {r["variant"] for r in throughput["results"]} == {
+        "baseline", "amp-nchw", "fp32-cl", "fast", "fast-explicit"}
     assert "warnings" in throughput and throughput["model_peak"]
     accuracy = json.loads((out / "accuracy.json").read_text())
     assert accuracy["results"] == [] and accuracy["time_to_accuracy"]["dataset"] == "digits"

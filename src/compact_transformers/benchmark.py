@@ -104,6 +104,7 @@ VARIANTS: dict[str, Variant] = {
         # two levers, and the fast path with SDPA in training as well
         Variant("amp-cl", "explicit", True, True, False, "mixed precision + channels-last"),
         Variant("fast-sdpa", "sdpa", True, True, True, "fast with SDPA in training too"),
+        Variant("fast-explicit", "explicit", True, True, True, "fast with explicit attention in training and eval"),
         Variant("lp-weights", "auto", True, True, True,
                 "fast with the model itself in bf16/fp16 (no autocast casts) and fp32 master weights",
                 low_precision_weights=True),

@@ -87,7 +87,8 @@ class FakeClock:
         return self.now
 
 
-def run_with_a_slow_first_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: float) -> list[dict]:
+def run_with_a_slow_first_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: float, minutes: float = 1.0,
+                                samples_per_class: int = 5) -> list[dict]:
     clock = FakeClock()
     fake_time = SimpleNamespace(monotonic=clock, perf_counter=clock, time=clock)
     steps_per_epoch = {}
@@ -107,8 +108,9 @@ def run_with_a_slow_first_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(loop_module, "train_step", timed_step)
     monkeypatch.setattr(budget_module, "train_step", lambda model, batch, tools, step: clock.__setattr__(
         "now", clock.now + 0.5))  # the probe: 0.5 s steps
-    assert main(["train", "--samples-per-class", "5", "--batch-size", "16", "--quiet", "--device", "cpu",
-                 "--time-limit", "1", "--eval-interval", "1", "--output", str(tmp_path), "--name", "run"]) == 0
+    assert main(["train", "--samples-per-class", str(samples_per_class), "--batch-size", "16", "--quiet",
+                 "--device", "cpu", "--time-limit", str(minutes), "--eval-interval", "1", "--output", str(tmp_path),
+                 "--name", "run"]) == 0
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
@@ -130,3 +132,28 @@ def test_a_slow_first_epoch_neither_wastes_the_budget_nor_cuts_the_cooldown(tmp_
         at_min = [r["epoch"] for r in history if r["lr"] <= min_lr + 0.01 * (peak - min_lr)]
         assert history[-1]["epoch"] in at_min  # the schedule ended in its cooldown ...
         assert len(at_min) <= 0.3 * len(history) + 1, at_min  # ... and did not sit at the minimum for long
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("minutes", [0.75, 0.8, 0.85])
+def test_the_budget_is_used_to_within_half_an_epoch_and_the_schedule_ends_at_its_minimum(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, minutes: float) -> None:
+    # 0.5 s steps on a fake clock (validation takes none of it), 10 probe steps: what the steps may fill is the
+    # budget's FILL share less the probe and the seconds kept for finishing
+    with caplog.at_level("INFO", logger="compact_transformers.training.loop"):
+        history = run_with_a_slow_first_epoch(tmp_path, monkeypatch, slow=0.5, minutes=minutes, samples_per_class=20)
+    full = history[0]["epoch_seconds"]
+    steps_per_epoch = round(full / 0.5)
+    assert steps_per_epoch >= 6 and all(r["epoch_seconds"] == full for r in history[:-1])
+    fillable = budget_module.FILL * minutes * 60 - 10 * 0.5 - budget_module.FINISH_SECONDS
+    used = sum(r["epoch_seconds"] for r in history)
+    assert fillable - 0.5 * full - 0.5 <= used <= fillable + 0.5, (used, fillable, full)
+    last_steps = round(history[-1]["epoch_seconds"] / 0.5)
+    assert last_steps >= steps_per_epoch / 2  # a last epoch of which less than half fitted is not planned
+    if last_steps < steps_per_epoch:
+        assert "the last epoch, planned to fit, ran" in caplog.text
+        assert "reached during epoch" not in caplog.text
+    # the schedule ended with the steps run: its last rate is at its minimum (a last epoch cut by the clock
+    # half-way through a schedule planned for a whole one would end at ~1% of the peak)
+    peak, min_lr = max(r["lr"] for r in history), TrainConfig().min_lr
+    assert history[-1]["lr"] <= min_lr + 0.005 * (peak - min_lr), (history[-1]["lr"], peak)

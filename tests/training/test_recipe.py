@@ -111,12 +111,12 @@ def test_small_recipe_scales_warmup_and_cooldown(epochs, warmup, cooldown):
     assert (c.epochs, c.warmup_epochs, c.cooldown_epochs) == (epochs, warmup, cooldown)
 
 
-@pytest.mark.parametrize("epochs", [2, 14, 300])
+@pytest.mark.parametrize("epochs", [2, 14, 20, 300])
 def test_small_recipe_regularisation_ends(epochs):
     c = apply_recipe(TrainConfig(), "small", epochs=epochs)
     paper = TrainConfig()
     assert c.uses_flip_tta and not paper.uses_flip_tta
-    if epochs < 15:  # brief: no RandAugment, mixing, shifts or dropout, a higher rate
+    if epochs <= 20:  # brief: no RandAugment, mixing, shifts or dropout, a higher rate
         assert (c.aa, c.mixup, c.cutmix, c.drop_path, c.attn_drop, c.translate) == (None, 0.0, 0.0, 0.0, 0.0, 0)
         assert c.lr > paper.lr and c.scale == (1.0, 1.0)
     else:  # the paper's length: the paper's augmentation

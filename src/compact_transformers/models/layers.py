@@ -27,9 +27,10 @@ class Attention(nn.Module):
     ``impl`` selects the kernel: ``"sdpa"`` (``F.scaled_dot_product_attention``), ``"explicit"``
     (softmax(q k^T) v written out, the reference form) or ``"auto"`` (SDPA, except while training on a CPU:
     there the SDPA backward is slower than the explicit one; its forward is faster and uses memory linear in
-    the tokens, and on a GPU its fused kernels train CCT-7/3x1 1.45x faster at batch 512 on an H200). Training on a CPU with attention dropout, the explicit path draws its mask
-    with :func:`dropout_keep_mask` and applies it in :func:`softmax_dropout` (the same distribution as
-    ``nn.Dropout``; 1.5x the training speed of CCT-7/3x1 under bf16 autocast on an AMX CPU).
+    the tokens, and on a GPU its fused kernels train CCT-7/3x1 1.45x faster at batch 512 on an H200).
+    Training on a CPU with attention dropout, the explicit path draws its mask with :func:`dropout_keep_mask`
+    and applies it in :func:`softmax_dropout` (the same distribution as ``nn.Dropout``; 1.5x the training
+    speed of CCT-7/3x1 under bf16 autocast on an AMX CPU).
     """
 
     def __init__(

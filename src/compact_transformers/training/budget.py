@@ -5,7 +5,9 @@ The limit covers the whole `cct train` command, set-up included. Before training
 training step on a throwaway model estimate an epoch, which sets the number of epochs (and how often to
 validate). After every epoch the plan is fitted again to the measured speed: the fastest of the last few
 epochs (and of the probe), because other load only ever slows a step down, so one slow epoch on a busy machine
-does not cut the run short and a faster phase gives the time back. Epochs that were planned from the budget
+does not cut the run short and a faster phase gives the time back. An epoch of which half or more fits is
+planned as a shorter last epoch (its steps counted), so that up to a whole epoch of the budget is not left
+unused. Epochs that were planned from the budget
 may grow back up to the recipe's, epochs the user chose only ever shrink. The learning-rate schedule follows
 the clock: after every epoch it stands at the share of the training time used, and it spreads the rest over
 the steps the new plan expects (`schedule.LRSchedule.retarget`), so a plan that was too hopeful cannot cut the
@@ -40,8 +42,8 @@ FINISH_SECONDS = 5.0
 FILL = 0.98
 # Re-plans use the fastest of this many last epochs (and of the probe): contention only slows steps down.
 RECENT_EPOCHS = 3
-# Plans count an epoch of which at least this share fits: the clock ends it early, in the schedule's last few
-# percent (at its minimum rate), instead of leaving up to a whole epoch of the budget unused.
+# Plans count an epoch of which at least this share fits, as a last epoch of that many steps (the schedule
+# ends with it), instead of leaving up to a whole epoch of the budget unused.
 LAST_EPOCH_SHARE = 0.5
 
 
@@ -62,15 +64,28 @@ def plan_eval_interval(estimate: EpochEstimate, share: float = EVAL_SHARE) -> in
     return max(1, math.ceil(estimate.eval_seconds / (share * max(estimate.train_seconds, 1e-9)) - 1e-9))
 
 
+def epochs_that_fit(*, budget_seconds: float, elapsed: float, epoch_seconds: float, epochs_done: int) -> float:
+    """The epochs (a fraction for the last) that fill the budget after ``epochs_done`` epochs ended ``elapsed``
+    seconds in, when later ones take ``epoch_seconds``."""
+    return epochs_done + max(FILL * budget_seconds - elapsed, 0.0) / max(epoch_seconds, 1e-6)
+
+
+def last_epoch_share(epochs: int, fit: float) -> float:
+    """The share of its last epoch that a run of ``epochs`` runs when ``fit`` epochs fit its budget: 1 when
+    they all fit, else what fits of the last (at least ``LAST_EPOCH_SHARE``; a later plan or the clock ends a
+    run that fits less)."""
+    return min(max(fit - (epochs - 1), LAST_EPOCH_SHARE), 1.0)
+
+
 def fit_schedule(config: TrainConfig, *, budget_seconds: float, elapsed: float, epoch_seconds: float,
                  max_epochs: int | None = None, epochs_done: int = 1) -> dict | None:
     """Epochs (and warmup/cooldown, proportionally) such that the run fits ``budget_seconds``, after
     ``epochs_done`` epochs ended ``elapsed`` seconds in and later ones take ``epoch_seconds``; with
-    ``max_epochs`` (epochs planned from the budget) they may also grow, up to that many; the last one may be
-    one that only ``LAST_EPOCH_SHARE`` of fits (the time limit ends it). None: the configured epochs fit."""
-    remaining = FILL * budget_seconds - elapsed
-    fit = epochs_done + int(max(remaining, 0.0) / max(epoch_seconds, 1e-6) + 1 - LAST_EPOCH_SHARE)
-    fit = min(fit, max(max_epochs or 0, config.epochs))
+    ``max_epochs`` (epochs planned from the budget) they may also grow, up to that many. An epoch of which
+    ``LAST_EPOCH_SHARE`` or more fits counts (see :func:`last_epoch_share`). None: the configured epochs fit."""
+    fit = epochs_that_fit(budget_seconds=budget_seconds, elapsed=elapsed, epoch_seconds=epoch_seconds,
+                          epochs_done=epochs_done)
+    fit = min(int(fit + 1 - LAST_EPOCH_SHARE), max(max_epochs or 0, config.epochs))
     if fit == config.epochs or (fit > config.epochs and max_epochs is None):
         return None
     epochs = max(1, fit)
@@ -89,6 +104,7 @@ class TimeBudget:
         self.eval_seconds = 0.0  # of one validation pass, measured after the first epoch
         self.train_start, self.progress_offset = 0.0, 0.0  # set by start_training
         self.probe_seconds: float | None = None  # seconds per epoch that plan() estimated from probe steps
+        self.last_share = 1.0  # of the last planned epoch that fits (see last_epoch_share), set by each plan
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -108,6 +124,20 @@ class TimeBudget:
         """True once training must end to leave the reserve for finishing."""
         return self.elapsed() > self.seconds - self.reserve
 
+    def last_epoch_steps(self, steps_per_epoch: int) -> int:
+        """The steps the last planned epoch runs."""
+        return max(1, min(math.ceil(self.last_share * steps_per_epoch), steps_per_epoch))
+
+    def _fit(self, config: TrainConfig, *, elapsed: float, epoch_seconds: float, epochs_done: int,
+             max_epochs: int | None) -> dict | None:
+        """fit_schedule, also keeping the share of the last epoch that fits."""
+        fitted = fit_schedule(config, budget_seconds=self.seconds, elapsed=elapsed, epoch_seconds=epoch_seconds,
+                              max_epochs=max_epochs, epochs_done=epochs_done)
+        fit = epochs_that_fit(budget_seconds=self.seconds, elapsed=elapsed, epoch_seconds=epoch_seconds,
+                              epochs_done=epochs_done)
+        self.last_share = last_epoch_share(fitted["epochs"] if fitted is not None else config.epochs, fit)
+        return fitted
+
     def plan(self, source: ConfigSource, data: ImageDataset | TextDataset) -> TrainConfig:
         """The config of ``source`` with the epochs and validation interval that fit, from probe steps."""
         config = source.resolve()
@@ -116,8 +146,8 @@ class TimeBudget:
         interval = config.eval_interval if "eval_interval" in given else plan_eval_interval(estimate)
         epoch_seconds = estimate.per_epoch(interval)
         self.probe_seconds = epoch_seconds
-        fitted = fit_schedule(config, budget_seconds=self.seconds, elapsed=self.elapsed() + epoch_seconds,
-                              epoch_seconds=epoch_seconds)
+        fitted = self._fit(config, elapsed=self.elapsed() + epoch_seconds, epoch_seconds=epoch_seconds,
+                           epochs_done=1, max_epochs=None)
         if fitted is None:
             planned = config.replace(eval_interval=interval)
         else:
@@ -140,18 +170,19 @@ class TimeBudget:
         of the last few epochs and of the probe (None: the planned epochs still fit)."""
         self.recent = (self.recent + [train_seconds + self.eval_seconds / config.eval_interval])[-RECENT_EPOCHS:]
         fastest = min(self.recent + ([self.probe_seconds] if self.probe_seconds else []))
-        return fit_schedule(config, budget_seconds=self.seconds, elapsed=self.elapsed() + self.reserve,
-                            epoch_seconds=fastest, max_epochs=self.max_epochs, epochs_done=epochs_done)
+        return self._fit(config, elapsed=self.elapsed() + self.reserve, epoch_seconds=fastest,
+                         epochs_done=epochs_done, max_epochs=self.max_epochs)
 
     def state_dict(self) -> dict:
         return {"reserve": self.reserve, "recent": list(self.recent), "eval_seconds": self.eval_seconds,
-                "probe_seconds": self.probe_seconds}
+                "probe_seconds": self.probe_seconds, "last_share": self.last_share}
 
     def load_state_dict(self, state: dict) -> None:
         self.reserve = float(state.get("reserve", 0.0))
         self.recent = [float(v) for v in state.get("recent", [])]
         self.eval_seconds = float(state.get("eval_seconds", 0.0))
         self.probe_seconds = state.get("probe_seconds")
+        self.last_share = float(state.get("last_share", 1.0))
 
 
 def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset, probe_steps: int = 10) -> EpochEstimate:

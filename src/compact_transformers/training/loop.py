@@ -81,7 +81,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
            budget: TimeBudget | None, data: ImageDataset | None, tracker: Tracker) -> RunResult:
     config = from_rank0(config, info)  # each rank planned a time-limited run from its own probe: use rank 0's
     if budget is not None:
-        budget.max_epochs = from_rank0(budget.max_epochs, info)
+        budget.max_epochs, budget.last_share = from_rank0((budget.max_epochs, budget.last_share), info)
     torch.manual_seed(config.seed)
     data = load_training_data(config) if data is None else data
     kill_point("setup")
@@ -167,8 +167,12 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             if tools.mixer is not None:  # the authors' configs stop mixing late in training
                 tools.mixer.enabled = not (config.mixup_off_epoch and epoch >= config.mixup_off_epoch)
             progress = _progress(config, info, epoch, batches.steps_per_epoch, start_step)
+            end_step = batches.steps_per_epoch  # a time budget may plan a shorter last epoch
+            if budget is not None and epoch + 1 == config.epochs:
+                end_step = budget.last_epoch_steps(batches.steps_per_epoch)
             ran = train_one_epoch(train_model, tools, batches.epoch(epoch, start_step), epoch * batches.steps_per_epoch,
-                                  start_step, batches.steps_per_epoch, partial, should_stop, progress)  # fmt: skip
+                                  start_step, batches.steps_per_epoch, partial, should_stop, progress,
+                                  end_step=end_step)  # fmt: skip
             interrupted = ran.stopped and any_rank(stop.signal is not None, device, info)
             if interrupted and ran.next_step < batches.steps_per_epoch:  # mid-epoch: keep the running sums
                 sums = all_reduce_sum({k: v.clone() for k, v in ran.sums.items()}, info)  # each rank has its own
@@ -177,9 +181,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                                run_dir / "checkpoints" / "last", run_dir)
                 return RunResult(run_dir, epoch, best_top1, interrupted=True, signal=stop.signal or signal.SIGINT)
             if ran.stopped and not interrupted:  # the partial epoch is evaluated and recorded as the last one
-                if epoch + 1 == config.epochs:  # planned: only part of the last epoch fitted the budget
-                    logger.info("time limit %.1f min: the last epoch ends after %d of its %d steps", config.time_limit,
-                                ran.next_step, batches.steps_per_epoch)
+                if ran.next_step == end_step < batches.steps_per_epoch:
+                    logger.info("time limit %.1f min: the last epoch, planned to fit, ran %d of %d steps",
+                                config.time_limit, end_step, batches.steps_per_epoch)
                 else:
                     logger.warning("time limit of %.1f min reached during epoch %d", config.time_limit, epoch + 1)
             record = {"epoch": epoch + 1, "lr": tools.schedule.last_lr, **_epoch_summary(ran, info, batches.unit)}
@@ -202,13 +206,15 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                     plan = budget.refit(config, measured, test_share)
                 else:
                     plan = budget.replan(config, ran.steady_seconds, epochs_done=epoch + 1)
-                plan, used = from_rank0((plan, budget.progress()), info)
+                plan, used, budget.last_share = from_rank0((plan, budget.progress(), budget.last_share), info)
                 if plan is not None and plan["epochs"] != config.epochs:
                     fitted, config = plan, config.replace(**plan)
                     logger.info("time limit %.1f min: schedule fitted to %d epochs", config.time_limit, config.epochs)
-                # the schedule follows the clock: it stands at the share of the training time used
+                # the schedule follows the clock: it stands at the share of the training time used, and ends
+                # with the steps planned (the last epoch may be shorter)
                 steps = batches.steps_per_epoch
-                tools.schedule.retarget(config.epochs * steps, at_step=(epoch + 1) * steps, progress=used)
+                total = (config.epochs - 1) * steps + budget.last_epoch_steps(steps)
+                tools.schedule.retarget(total, at_step=(epoch + 1) * steps, progress=used)
             history.append(record)  # before the checkpoints, which carry the records
             if new_best:
                 checkpoint("best", epoch + 1, 0, None)
@@ -251,8 +257,10 @@ class EpochRun:
 
 def train_one_epoch(model: nn.Module, tools: StepTools, batches: Iterator[Batch], first_global_step: int,
                     start_step: int, steps_per_epoch: int, partial: dict | None, should_stop: Callable[[], bool],
-                    progress=None) -> EpochRun:
-    """Run the steps ``start_step``.. of an epoch; ``partial``: running sums saved by an interrupted run."""
+                    progress=None, end_step: int | None = None) -> EpochRun:
+    """Run the steps ``start_step``.. of an epoch; ``partial``: running sums saved by an interrupted run.
+    ``end_step``: stop (as if told to) before this step, when it is before the end of the epoch."""
+    end_step = steps_per_epoch if end_step is None else end_step
     device = next(model.parameters()).device
     zeros = {name: torch.zeros((), dtype=torch.float64, device=device) for name in ("loss", "top1", "count")}
     sums = zeros if partial is None else {k: v.to(device) for k, v in partial.items()}
@@ -270,7 +278,7 @@ def train_one_epoch(model: nn.Module, tools: StepTools, batches: Iterator[Batch]
         if progress is not None:
             unit = "img" if batch.mask is None else "seq"
             _show_progress(progress, sums, out, (step - start_step + 1) / (time.perf_counter() - start), unit)
-        if should_stop():
+        if should_stop() or step + 1 >= end_step < steps_per_epoch:
             return _epoch_run(sums, start, half_time, step + 1, True, progress)
     return _epoch_run(sums, start, half_time, step + 1, False, progress)
 
