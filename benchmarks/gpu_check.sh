@@ -17,7 +17,7 @@
 # exit code and seconds). Exit status 0 when every step that ran succeeded, 1 otherwise.
 #
 # --device cpu (or CCT_CHECK_DEVICE=cpu) runs it without a GPU; --tiny (or CCT_CHECK_TINY=1) shrinks every
-# step to seconds (a small input, a few steps, one epoch on 10 images per class, train steps of 12 s, digits
+# step to seconds (a small input, a few steps, one epoch on 10 images per class, train steps of 6 s, digits
 # when Fashion-MNIST is missing) for a smoke test. The compile steps run on CUDA, or anywhere with CCT_CHECK_COMPILE=1.
 # PYTHON (default python3) is the interpreter with compact_transformers installed.
 set -u
@@ -58,7 +58,7 @@ if [ "$tiny" = 1 ]; then
     sizes=(--batch-sizes 4 --warmup 1 --repeats 2 --steps 1 --peak-sizes 64)
     latency=(--latency-samples 5 --latency-warmup 2)
     accuracy=(--time-to-accuracy 1 --accuracy-epochs 1 --accuracy-samples-per-class 10)
-    train_minutes=0.2
+    train_minutes=0.1
 else
     models_all="cct_2_3x2_32:28x28x1,cct_7_3x2_32:32x32x3,cct_7_3x1_32:32x32x3"
     model_one="cct_7_3x1_32:32x32x3"

@@ -166,10 +166,10 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
         while epoch < config.epochs:
             if tools.mixer is not None:  # the authors' configs stop mixing late in training
                 tools.mixer.enabled = not (config.mixup_off_epoch and epoch >= config.mixup_off_epoch)
-            progress = _progress(config, info, epoch, batches.steps_per_epoch, start_step)
             end_step = batches.steps_per_epoch  # a time budget may plan a shorter last epoch
             if budget is not None and epoch + 1 == config.epochs:
                 end_step = budget.last_epoch_steps(batches.steps_per_epoch)
+            progress = _progress(config, info, epoch, end_step, start_step)
             ran = train_one_epoch(train_model, tools, batches.epoch(epoch, start_step), epoch * batches.steps_per_epoch,
                                   start_step, batches.steps_per_epoch, partial, should_stop, progress,
                                   end_step=end_step)  # fmt: skip
