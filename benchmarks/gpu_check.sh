@@ -96,9 +96,9 @@ run_step() {
     fi
     echo "gpu_check.sh: $name (at most ${left} s)" >&2
     begin=$(date +%s)
-    local target=("--output" "$out/$name.json")
+    local target=("--output" "$out/$name.json") output="$name.json"
     if [ "$command" = train ]; then
-        target=("--output" "$out" "--name" "$name")
+        target=("--output" "$out" "--name" "$name") output="$name/"
         rm -rf "${out:?}/$name"  # a run directory left by an earlier check would make cct train pick another name
     fi
     timeout --signal=TERM --kill-after=10 "$left" \
@@ -111,8 +111,6 @@ run_step() {
     else status=failed; failed=1
     fi
     echo "gpu_check.sh: $name: $status (exit $code, ${seconds} s)" >&2
-    local output="$name.json"
-    [ "$command" = train ] && output="$name/"
     summary+=("{\"step\": \"$name\", \"status\": \"$status\", \"exit_code\": $code, \"seconds\": $seconds, \"output\": \"$output\"}")
 }
 

@@ -87,8 +87,10 @@ class FakeClock:
         return self.now
 
 
-def run_with_a_slow_first_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: float, minutes: float = 1.0,
-                                samples_per_class: int = 5) -> list[dict]:
+def run_on_a_fake_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: float, minutes: float = 1.0,
+                        samples_per_class: int = 5) -> list[dict]:
+    """`cct train --time-limit minutes` on digits with 0.5 s steps on a fake clock (those of the first epoch
+    take ``slow`` s); the run's epoch records."""
     clock = FakeClock()
     fake_time = SimpleNamespace(monotonic=clock, perf_counter=clock, time=clock)
     steps_per_epoch = {}
@@ -118,9 +120,9 @@ def run_with_a_slow_first_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.slow
 def test_a_slow_first_epoch_neither_wastes_the_budget_nor_cuts_the_cooldown(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    steady = run_with_a_slow_first_epoch(tmp_path / "steady", monkeypatch, slow=0.5)
+    steady = run_on_a_fake_clock(tmp_path / "steady", monkeypatch, slow=0.5)
     monkeypatch.undo()
-    slowed = run_with_a_slow_first_epoch(tmp_path / "slowed", monkeypatch, slow=5.0)
+    slowed = run_on_a_fake_clock(tmp_path / "slowed", monkeypatch, slow=5.0)
     min_lr = TrainConfig().min_lr
     assert len(steady) >= 10
     # the slow epoch cost (5 - 0.5) s per step: the epochs that time would have held, and not more
@@ -141,7 +143,7 @@ def test_the_budget_is_used_to_within_half_an_epoch_and_the_schedule_ends_at_its
     # 0.5 s steps on a fake clock (validation takes none of it), 10 probe steps: what the steps may fill is the
     # budget's FILL share less the probe and the seconds kept for finishing
     with caplog.at_level("INFO", logger="compact_transformers.training.loop"):
-        history = run_with_a_slow_first_epoch(tmp_path, monkeypatch, slow=0.5, minutes=minutes, samples_per_class=20)
+        history = run_on_a_fake_clock(tmp_path, monkeypatch, slow=0.5, minutes=minutes, samples_per_class=20)
     full = history[0]["epoch_seconds"]
     steps_per_epoch = round(full / 0.5)
     assert steps_per_epoch >= 6 and all(r["epoch_seconds"] == full for r in history[:-1])

@@ -85,6 +85,11 @@ def fit_schedule(config: TrainConfig, *, budget_seconds: float, elapsed: float, 
     ``LAST_EPOCH_SHARE`` or more fits counts (see :func:`last_epoch_share`). None: the configured epochs fit."""
     fit = epochs_that_fit(budget_seconds=budget_seconds, elapsed=elapsed, epoch_seconds=epoch_seconds,
                           epochs_done=epochs_done)
+    return _schedule_for(config, fit, max_epochs)
+
+
+def _schedule_for(config: TrainConfig, fit: float, max_epochs: int | None) -> dict | None:
+    """fit_schedule's answer when ``fit`` epochs fit the budget."""
     fit = min(int(fit + 1 - LAST_EPOCH_SHARE), max(max_epochs or 0, config.epochs))
     if fit == config.epochs or (fit > config.epochs and max_epochs is None):
         return None
@@ -131,10 +136,9 @@ class TimeBudget:
     def _fit(self, config: TrainConfig, *, elapsed: float, epoch_seconds: float, epochs_done: int,
              max_epochs: int | None) -> dict | None:
         """fit_schedule, also keeping the share of the last epoch that fits."""
-        fitted = fit_schedule(config, budget_seconds=self.seconds, elapsed=elapsed, epoch_seconds=epoch_seconds,
-                              max_epochs=max_epochs, epochs_done=epochs_done)
         fit = epochs_that_fit(budget_seconds=self.seconds, elapsed=elapsed, epoch_seconds=epoch_seconds,
                               epochs_done=epochs_done)
+        fitted = _schedule_for(config, fit, max_epochs)
         self.last_share = last_epoch_share(fitted["epochs"] if fitted is not None else config.epochs, fit)
         return fitted
 
