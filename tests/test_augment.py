@@ -429,3 +429,27 @@ def test_word_dropout_replaces_a_share_of_the_tokens_by_unk_reproducibly():
     assert torch.equal(WordDropout(0.3, unk_id=0)(ids), out)  # the global generator decides: resumable
     with pytest.raises(ValueError, match="word dropout"):
         WordDropout(1.0, unk_id=0)
+
+
+# ----------------------------------------------------------------------------- waiting for the device
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmenting_and_mixing_on_a_device_never_wait_for_it(channels: int) -> None:
+    """The per-sample plans are drawn on the host and queued to the device without a blocking copy, and no value
+    is read back: on a GPU each wait would leave it idle (the meta device shows every copy and read)."""
+    from device_waits import DeviceWaits
+
+    from compact_transformers.augment import WordDropout
+
+    augment = TrainAugment(config(channels, translate=2, reprob=0.5, randaugment="rand-m9-mstd0.5-inc1-n3"))
+    mix = MixupCutmix(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1,
+                      num_classes=10)  # fmt: skip
+    images = torch.empty(64, channels, 32, 32, dtype=torch.uint8, device="meta")
+    labels = torch.empty(64, dtype=torch.long, device="meta")
+    with DeviceWaits() as seen:
+        for _ in range(4):  # mixup and cutmix both drawn, every RandAugment op kind in some sample
+            mixed, targets = mix(augment(images), labels)
+        dropped = WordDropout(0.1, unk_id=0)(torch.empty(8, 20, dtype=torch.long, device="meta"))
+    assert mixed.device.type == targets.device.type == dropped.device.type == "meta"
+    assert seen.waits == []

@@ -52,6 +52,17 @@ class RandAugmentSpec:
     prob: float = 0.5  # each drawn op is applied with this probability
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small tensor made on the host (sample indices, boxes, per-sample arguments) on ``device``, without
+    waiting for the device: a plain copy to a GPU first waits for every kernel already queued, which in a
+    training step leaves the GPU idle while the host launches the next ones. Pinned, the copy is queued."""
+    if device.type == "cpu":
+        return tensor
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def parse_randaugment(spec: str) -> RandAugmentSpec:
     """Parse a timm RandAugment string such as ``"rand-m9-mstd0.5-inc1"``."""
     if not isinstance(spec, str):
@@ -257,7 +268,7 @@ def _crop_resize_flip(
     batch, channels, height, width = images.shape
     out_h, out_w = out_size
     max_h, max_w = int(boxes[:, 2].max()), int(boxes[:, 3].max())
-    boxes, flip = boxes.to(images.device), flip.to(images.device)
+    boxes, flip = host_to_device(boxes, images.device), host_to_device(flip, images.device)
     no_flip = torch.zeros_like(flip)
     ry = _resample_matrix(boxes[:, 0], boxes[:, 2], no_flip, height, out_h, max_h, interpolation)  # (B, Ho, H)
     rx = _resample_matrix(boxes[:, 1], boxes[:, 3], flip, width, out_w, max_w, interpolation)  # (B, Wo, W)
@@ -272,7 +283,7 @@ def _crop_resize_flip(
 def _translate(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Shift each sample by its own (dy, dx) in [-max_shift, max_shift], filling with the reflected border."""
     batch, channels, height, width = x.shape
-    offsets = torch.randint(0, 2 * max_shift + 1, (batch, 2)).to(x.device)
+    offsets = host_to_device(torch.randint(0, 2 * max_shift + 1, (batch, 2)), x.device)
     padded = F.pad(x, (max_shift,) * 4, mode="reflect")
     rows = (offsets[:, 0:1] + torch.arange(height, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
     cols = (offsets[:, 1:2] + torch.arange(width, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
@@ -528,7 +539,7 @@ class TrainAugment(torch.nn.Module):
         # pointwise ops: one lookup table per sample and channel, a single gather for all of them
         names, counts, index, args = group(_LUT_OPS)
         if names:
-            g, args = index.to(device), torch.tensor(args, device=device)
+            g, args = host_to_device(index, device), host_to_device(torch.tensor(args), device)
             xs = x.index_select(0, g)
             v = torch.arange(256, device=device, dtype=torch.float32).view(1, 1, 256)
             tables, start = [], 0
@@ -538,25 +549,25 @@ class TrainAugment(torch.nn.Module):
             x.index_copy_(0, g, _apply_lut(xs, torch.cat(tables)))
         names, _, index, args = group(("Color",))
         if names and channels == 3:  # saturation; a no-op on grey images, as in PIL
-            g = index.to(device)
+            g = host_to_device(index, device)
             xs = x.index_select(0, g)
-            x.index_copy_(0, g, _blend(_gray(xs), xs, torch.tensor(args, device=device)))
+            x.index_copy_(0, g, _blend(_gray(xs), xs, host_to_device(torch.tensor(args), device)))
         names, _, index, args = group(("Sharpness",))
         if names and height >= 3 and width >= 3:
-            g = index.to(device)
-            x.index_copy_(0, g, _sharpen(x.index_select(0, g), torch.tensor(args, device=device)))
+            g = host_to_device(index, device)
+            x.index_copy_(0, g, _sharpen(x.index_select(0, g), host_to_device(torch.tensor(args), device)))
         names, counts, index, args = group(_GEOMETRIC_OPS)
         if names:
-            g = index.to(device)
+            g = host_to_device(index, device)
             kinds = [name for name, n in zip(names, counts) for _ in range(n)]
-            thetas = _affine_thetas(kinds, args, height, width).to(device)
+            thetas = host_to_device(_affine_thetas(kinds, args, height, width), device)
             x.index_copy_(0, g, _warp(x.index_select(0, g), thetas, self._fill(device), self.config.interpolation))
         return x
 
     def _fill(self, device: torch.device) -> torch.Tensor:
         """Fill colour of geometric ops: the dataset mean as uint8 values (timm's img_mean)."""
         fill = [min(255, max(0, round(255 * m))) for m in self.config.mean]
-        return torch.tensor(fill, device=device, dtype=torch.float32)
+        return host_to_device(torch.tensor(fill, dtype=torch.float32), device)
 
     def _random_erase(self, x: torch.Tensor) -> torch.Tensor:
         """Replace one random box per chosen sample by N(0, 1) noise, in place."""
@@ -567,8 +578,8 @@ class TrainAugment(torch.nn.Module):
         if len(chosen) == 0:
             return x
         boxes = boxes[chosen]
-        idx = chosen.to(x.device)
-        mask = _box_mask(boxes.to(x.device), height, width).expand(-1, channels, -1, -1)
+        idx = host_to_device(chosen, x.device)
+        mask = _box_mask(host_to_device(boxes, x.device), height, width).expand(-1, channels, -1, -1)
         # noise only for the erased pixels (masked_scatter_ fills them in order)
         noise = torch.randn(channels * int((boxes[:, 2] * boxes[:, 3]).sum()), device=x.device, dtype=x.dtype)
         return x.index_copy_(0, idx, x.index_select(0, idx).masked_scatter_(mask, noise))
@@ -718,7 +729,7 @@ class WordDropout(torch.nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.p == 0:
             return ids
-        drop = torch.rand(ids.shape).to(ids.device) < self.p
+        drop = host_to_device(torch.rand(ids.shape), ids.device) < self.p
         return ids.masked_fill(drop, self.unk_id)
 
     def extra_repr(self) -> str:

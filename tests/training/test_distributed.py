@@ -130,6 +130,30 @@ def test_a_small_split_shrinks_every_process_batch_alike() -> None:
         DeviceBatches(numbered_images(2), config, torch.device("cpu"), DistInfo(0, 4, 0))
 
 
+def test_batches_of_data_held_on_a_device_are_cut_without_waiting_for_it() -> None:
+    """Each step's sample indices go to the device queued, and a text batch's longest text is read from the
+    lengths kept on the host: no blocking copy, no value read back (the meta device shows both)."""
+    from device_waits import DeviceWaits
+
+    from compact_transformers.data.text import TextDataset, TextSplit, Vocabulary
+
+    lengths = torch.tensor([3, 9, 5, 2, 7, 4, 6, 8])
+    ids = torch.ones(8, 10, dtype=torch.int64)
+    split = TextSplit(ids, lengths, torch.arange(8) % 2)
+    texts = TextDataset("texts", split, split, None, ["a", "b"], Vocabulary(["<unk>", "<pad>", "w"]), 10)
+    config = TrainConfig(batch_size=4, seed=1)
+    meta = torch.device("meta")
+    on_meta = [DeviceBatches(numbered_images(8), config, meta, DistInfo()), DeviceBatches(texts, config, meta, DistInfo())]
+    with DeviceWaits() as seen:
+        image_batches, text_batches = (list(batches.epoch(0, 0)) for batches in on_meta)
+    assert seen.waits == []
+    assert [batch.inputs.device.type for batch in image_batches + text_batches] == ["meta"] * 4
+    on_cpu = list(DeviceBatches(texts, config, torch.device("cpu"), DistInfo()).epoch(0, 0))
+    # the same batches as on the CPU, each cut to its longest text
+    assert [b.inputs.shape[1] for b in on_cpu] == [int(b.mask.sum(dim=1).max()) for b in on_cpu] != [10, 10]
+    assert [b.inputs.shape[1] for b in text_batches] == [b.inputs.shape[1] for b in on_cpu]
+
+
 # --------------------------------------------------------------------------------- torchrun on the CPU
 
 

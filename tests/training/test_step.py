@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compact_transformers.augment import TrainAugment
+from compact_transformers.augment import TrainAugment, WordDropout
 from compact_transformers.benchmark import VARIANTS, ModelSpec, build_step
 from compact_transformers.errors import DivergedError
 from compact_transformers.models import create_model
@@ -83,11 +83,50 @@ def test_mixing_switched_off_gives_smoothed_one_hot_targets() -> None:
     assert torch.allclose(seen[0], torch.nn.functional.one_hot(batch.labels, 4) * 0.9 + 0.025)
 
 
-def test_a_diverged_loss_is_a_user_error_naming_the_learning_rate() -> None:
+def test_a_diverged_loss_stops_the_epoch_within_a_few_steps_naming_the_learning_rate() -> None:
+    """The step does not check its loss (that would wait for a GPU every step); the loop checks the running sum
+    every SYNC_EVERY steps, so a NaN stops the epoch within that many steps, before its checkpoint."""
     model = create_model("cct_2_3x2_32", img_size=16, in_chans=1, num_classes=4)
-    tools = build_step_tools(model, TrainConfig(aa=None), num_classes=4, steps_per_epoch=1, augment=None)
+    tools = build_step_tools(model, TrainConfig(aa=None), num_classes=4, steps_per_epoch=100, augment=None)
     with torch.no_grad():
         model.classifier.fc.bias.fill_(float("nan"))
     batch = Batch(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3]))
-    with pytest.raises(DivergedError, match="lower --lr"):
-        train_step(model, batch, tools, 0)
+    assert train_step(model, batch, tools, 0).loss.isnan()  # the step itself goes on
+    taken = []
+
+    def batches():
+        for _ in range(100):
+            taken.append(1)
+            yield batch
+
+    with pytest.raises(DivergedError, match=r"the training loss is nan by step 15: .*lower --lr"):
+        loop.train_one_epoch(model, tools, batches(), first_global_step=0, start_step=0, steps_per_epoch=100,
+                             partial=None, should_stop=lambda: False)  # fmt: skip
+    assert len(taken) == loop.SYNC_EVERY == 16
+
+
+def test_the_training_step_never_waits_for_the_device() -> None:
+    """Augmentation, mixing, forward, loss, backward and optimizer of an image step, and a text step, on the meta
+    device: no value is read back and no copy blocks (on a GPU each would leave it idle while the host works)."""
+    from device_waits import DeviceWaits
+
+    config = TrainConfig(translate=2, reprob=0.25)
+    with torch.device("meta"):
+        model = create_model("cct_2_3x2_32", img_size=16, in_chans=1, num_classes=4)
+        text_model = create_model("text_cct_2_1x1", vocab_size=40, word_dim=16, seq_len=12, num_classes=3)
+    augment = TrainAugment(build.make_augment_config(config, (16, 16), (0.5,), (0.25,)))
+    # the plain optimizer: fused AdamW refuses meta tensors (on a GPU it reads nothing back either)
+    tools = build_step_tools(model, config, num_classes=4, steps_per_epoch=10, augment=augment,
+                             optimizer_kernel="plain")  # fmt: skip
+    text_tools = build_step_tools(text_model, apply_recipe(TrainConfig(), "text", epochs=50), num_classes=3,
+                                  steps_per_epoch=10, augment=WordDropout(0.1, 0), optimizer_kernel="plain")
+    images = Batch(torch.empty(8, 1, 16, 16, dtype=torch.uint8, device="meta"),
+                   torch.empty(8, dtype=torch.long, device="meta"))  # fmt: skip
+    texts = Batch(torch.empty(8, 12, dtype=torch.long, device="meta"), torch.empty(8, dtype=torch.long, device="meta"),
+                  torch.empty(8, 12, dtype=torch.bool, device="meta"))  # fmt: skip
+    with DeviceWaits() as seen:
+        for step in range(3):
+            out = train_step(model, images, tools, step)
+            text_out = train_step(text_model, texts, text_tools, step)
+    assert out.loss.device.type == text_out.loss.device.type == "meta"
+    assert seen.waits == []

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from ..data import ImageDataset
+from ..augment import host_to_device
 from ..data.text import TextDataset
 from ..errors import DatasetError
 from .distributed import DistInfo
@@ -30,6 +31,7 @@ class DeviceBatches:
         self.streamed = not self.text and data.train.images is None
         if self.text:
             self.ids, self.lengths = data.train.ids.to(device), data.train.lengths.to(device)
+            self.host_lengths = data.train.lengths  # each batch's longest text, known without reading the device
         else:
             self.images = None if self.streamed else data.train.images.to(device)
         self.labels = data.train.labels.to(device)
@@ -51,10 +53,11 @@ class DeviceBatches:
         index_lists = [order[step * self.global_batch + offset :][: self.local_batch]
                        for step in range(first_step, self.steps_per_epoch)]  # fmt: skip
         if not self.streamed:
-            for index in index_lists:
-                index = index.to(self.device)
+            for host_index in index_lists:
+                index = host_to_device(host_index, self.device)
                 if self.text:
-                    yield Batch.of_texts(self.ids[index], self.lengths[index], self.labels[index])
+                    longest = int(self.host_lengths[host_index].max())
+                    yield Batch.of_texts(self.ids[index], self.lengths[index], self.labels[index], longest=longest)
                 else:
                     yield Batch(self.images[index], self.labels[index])
             return

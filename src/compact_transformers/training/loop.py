@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data import ImageDataset
 from ..data.text import TextDataset
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DivergedError
 from ..faults import kill_point
 from ..fileio import atomic_write_text
 from ..models import load_model
@@ -44,6 +44,12 @@ from .step import Batch, StepTools, build_step_tools, train_step
 from .tracking import Tracker, create_tracker
 
 logger = logging.getLogger(__name__)
+
+# Steps between the checks for a NaN loss, which read the running sum on the host: each such read waits for
+# the device, and on a GPU a wait in every step leaves it idle while the host launches the next kernels.
+SYNC_EVERY = 16
+# Seconds between updates of the progress bar's loss, accuracy and speed (its step count moves every step).
+PROGRESS_SECONDS = 0.5
 
 
 @dataclass
@@ -172,7 +178,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             progress = _progress(config, info, epoch, end_step, start_step)
             ran = train_one_epoch(train_model, tools, batches.epoch(epoch, start_step), epoch * batches.steps_per_epoch,
                                   start_step, batches.steps_per_epoch, partial, should_stop, progress,
-                                  end_step=end_step)  # fmt: skip
+                                  end_step=end_step, info=info)  # fmt: skip
             interrupted = ran.stopped and any_rank(stop.signal is not None, device, info)
             if interrupted and ran.next_step < batches.steps_per_epoch:  # mid-epoch: keep the running sums
                 sums = all_reduce_sum({k: v.clone() for k, v in ran.sums.items()}, info)  # each rank has its own
@@ -257,16 +263,17 @@ class EpochRun:
 
 def train_one_epoch(model: nn.Module, tools: StepTools, batches: Iterator[Batch], first_global_step: int,
                     start_step: int, steps_per_epoch: int, partial: dict | None, should_stop: Callable[[], bool],
-                    progress=None, end_step: int | None = None) -> EpochRun:
+                    progress=None, end_step: int | None = None, info: DistInfo = DistInfo()) -> EpochRun:
     """Run the steps ``start_step``.. of an epoch; ``partial``: running sums saved by an interrupted run.
-    ``end_step``: stop (as if told to) before this step, when it is before the end of the epoch."""
+    ``end_step``: stop (as if told to) before this step, when it is before the end of the epoch. Raises
+    DivergedError within ``SYNC_EVERY`` steps of a NaN loss, before the epoch ends."""
     end_step = steps_per_epoch if end_step is None else end_step
     device = next(model.parameters()).device
     zeros = {name: torch.zeros((), dtype=torch.float64, device=device) for name in ("loss", "top1", "count")}
     sums = zeros if partial is None else {k: v.to(device) for k, v in partial.items()}
     model.train()
     start = time.perf_counter()
-    half_time, step = None, start_step
+    half_time, step, shown_at = None, start_step, -math.inf
     for step, batch in enumerate(batches, start=start_step):
         if step == steps_per_epoch // 2:
             half_time = time.perf_counter()
@@ -276,11 +283,27 @@ def train_one_epoch(model: nn.Module, tools: StepTools, batches: Iterator[Batch]
             sums["top1"] += (out.logits.argmax(dim=1) == batch.labels).sum().double()
             sums["count"] += len(batch)
         if progress is not None:
-            unit = "img" if batch.mask is None else "seq"
-            _show_progress(progress, sums, out, (step - start_step + 1) / (time.perf_counter() - start), unit)
-        if should_stop() or step + 1 >= end_step < steps_per_epoch:
+            now = time.perf_counter()
+            if now - shown_at >= PROGRESS_SECONDS:  # the figures are read from the device: a wait
+                shown_at = now
+                unit = "img" if batch.mask is None else "seq"
+                _show_figures(progress, sums, out, (step - start_step + 1) / (now - start), unit)
+            progress.update(1)
+        stops = should_stop() or step + 1 >= end_step < steps_per_epoch
+        if stops or (step + 1 - start_step) % SYNC_EVERY == 0:
+            _check_finite(sums["loss"], first_global_step + step, info)
+        if stops:
             return _epoch_run(sums, start, half_time, step + 1, True, progress)
+    _check_finite(sums["loss"], first_global_step + step, info)
     return _epoch_run(sums, start, half_time, step + 1, False, progress)
+
+
+def _check_finite(loss_sum: torch.Tensor, step: int, info: DistInfo) -> None:
+    """DivergedError, on every rank alike, when the summed training loss of any rank is NaN or infinite."""
+    finite = bool(torch.isfinite(loss_sum))
+    if any_rank(not finite, loss_sum.device, info):
+        value = "not finite on another process" if finite else loss_sum.item()
+        raise DivergedError(f"the training loss is {value} by step {step}: training diverged; lower --lr")
 
 
 def _epoch_run(sums: dict, start: float, half_time: float | None, next_step: int, stopped: bool,
@@ -424,13 +447,12 @@ def _shows_progress_bar() -> bool:
     return in_notebook or (sys.stderr is not None and sys.stderr.isatty())
 
 
-def _show_progress(progress, sums: dict, out, steps_per_second: float, unit: str) -> None:
+def _show_figures(progress, sums: dict, out, steps_per_second: float, unit: str) -> None:
     rate = {f"{unit}_s": f"{steps_per_second * out.logits.shape[0]:.0f}"}  # img_s or seq_s
     progress.set_postfix(
         loss=f"{out.loss.item():.3f}", acc=f"{100 * sums['top1'].item() / sums['count'].item():.1f}",
-        lr=f"{out.lr:.2e}", **rate,
+        lr=f"{out.lr:.2e}", refresh=False, **rate,
     )  # fmt: skip
-    progress.update(1)
 
 
 def _log_epoch(config: TrainConfig, record: dict) -> None:

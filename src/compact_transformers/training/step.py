@@ -7,13 +7,13 @@ images (augmented on the device) or token ids with a padding mask.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..augment import MixupCutmix, TrainAugment, smooth_one_hot
-from ..errors import DivergedError
 from .losses import DistillationLoss, SoftTargetCrossEntropy
 from .optim import build_optimizer
 from .recipe import TrainConfig
@@ -33,16 +33,21 @@ class Batch:
         return self.labels.shape[0]
 
     @classmethod
-    def of_texts(cls, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> Batch:
+    def of_texts(cls, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+                 longest: int | None = None) -> Batch:
         """A batch of right-padded token ids, cut to its longest text (see :func:`trim_to_longest`)."""
-        ids, mask = trim_to_longest(ids, lengths)
+        ids, mask = trim_to_longest(ids, lengths, longest)
         return cls(ids, labels, mask)
 
 
-def trim_to_longest(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def trim_to_longest(ids: torch.Tensor, lengths: torch.Tensor,
+                    longest: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded token ids (B, L) cut to the batch's longest text, and their mask (True = a real token):
-    short texts do not pay for the padding up to seq_len."""
-    longest = max(int(lengths.max()), 1) if len(lengths) else 1
+    short texts do not pay for the padding up to seq_len. ``longest``: that length when the caller knows it
+    (reading it from ``lengths`` on a GPU waits for the GPU)."""
+    if longest is None:
+        longest = int(lengths.max()) if len(lengths) else 1
+    longest = max(longest, 1)
     return ids[:, :longest], torch.arange(longest, device=ids.device)[None, :] < lengths[:, None]
 
 
@@ -109,12 +114,12 @@ def train_step(model: nn.Module, batch: Batch, tools: StepTools, step: int) -> S
     inputs = prepare_input(inputs, channels_last=tools.channels_last)
     extra = () if batch.mask is None else (batch.mask,)
     lr = tools.schedule.step(step)
-    with torch.autocast(inputs.device.type, dtype=tools.amp_dtype, enabled=tools.amp_dtype is not None):
+    with _autocast(inputs.device.type, tools.amp_dtype):
         logits = model(inputs, *extra).float()
         teacher_logits = () if tools.teacher is None else (tools.teacher(inputs, *extra).float(),)
+    # not checked for NaN here: reading it would make the host wait for the device in every step (the loop
+    # checks the running sum every few steps, loop.SYNC_EVERY)
     loss = tools.criterion(logits, targets, *teacher_logits)
-    if not torch.isfinite(loss):
-        raise DivergedError(f"the loss is {loss.item()} at step {step}: training diverged; lower --lr")
     tools.optimizer.zero_grad(set_to_none=True)
     tools.scaler.scale(loss).backward()
     if tools.clip_grad is not None:
@@ -125,6 +130,12 @@ def train_step(model: nn.Module, batch: Batch, tools: StepTools, step: int) -> S
     if tools.ema is not None:
         update_ema(tools.ema, model, tools.ema_decay)
     return StepOutput(loss.detach(), logits.detach(), lr)
+
+
+def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype``; none at all for None (so a step also runs on devices autocast does not know,
+    such as the meta device of the tests)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
 
 
 def make_ema(model: nn.Module) -> nn.Module:
