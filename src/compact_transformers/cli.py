@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.loop import train
     from .training.recipe import ConfigSource, check_options_fit_data, explicit_args, pick_recipe
     from .training.rundir import check_output_folder, check_run_name, load_run_config
-    from .training.runtime import tune_cpu
+    from .training.runtime import select_device, tune_cpu
     from .training.state import check_resumable
     from .training.yaml_config import load_yaml_config
 
@@ -104,7 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         text = is_text_data(merged.get("dataset"), merged.get("data"))
         if merged.get("dataset") or not merged.get("data") or Path(merged["data"]).expanduser().exists():
             check_options_fit_data(given, text=text, data=merged.get("dataset") or merged.get("data") or "digits")
-        source = ConfigSource(pick_recipe(args.recipe, merged, text=text), from_file, given)
+        gpu = select_device(merged.get("device", "auto")).type == "cuda"
+        source = ConfigSource(pick_recipe(args.recipe, merged, text=text, gpu=gpu), from_file, given)
         config, budget, data = source.resolve(), None, None
         if config.name is not None:
             check_run_name(config.name)  # before any data is read
@@ -486,7 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model (default: CCT-2 on the bundled digits)",
                                 description="Train with the paper's recipe. Precedence: recipe < --config YAML < options.")
     train.add_argument("--config", help="YAML config: ours or the authors' timm-style files")
-    train.add_argument("--recipe", default="auto", help="auto (digits for the bundled data, else small), paper, small, digits")
+    train.add_argument("--recipe", default="auto",
+                       help="auto (digits for the bundled data, text for text, else small; small-gpu on a GPU when no "
+                            "--model or --batch-size is given), paper, small, small-gpu, digits, text")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
     add_config_arguments(train)
     train.set_defaults(func=cmd_train)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def test_digits_recipe():
 
 def test_recipe_overrides_earlier_values_and_unknown_recipe_lists_names():
     assert apply_recipe(TrainConfig(lr=1.0), "paper").lr == TrainConfig().lr
-    with pytest.raises(ValueError, match="paper, small, digits"):
+    with pytest.raises(ValueError, match="paper, small, small-gpu, digits"):
         apply_recipe(TrainConfig(), "tiny")
     assert set(RECIPES) >= {"paper", "small", "digits"}
 
@@ -277,6 +278,25 @@ def test_auto_recipe_follows_the_dataset_and_unknown_recipes_are_refused():
     assert pick_recipe("paper", {"dataset": "cifar10"}) == "paper"
     with pytest.raises(ConfigError, match="auto or one of"):
         pick_recipe("fastest", {})
+
+
+def test_on_a_gpu_the_default_small_run_trains_a_larger_model_at_batch_512():
+    fashion = {"dataset": "fashion_mnist"}
+    assert pick_recipe("auto", fashion, gpu=True) == "small-gpu"
+    assert pick_recipe("auto", {"data": "/some/folder"}, gpu=True) == "small-gpu"
+    # what the user chose is kept: their model or batch size gets the small recipe as on the CPU
+    assert pick_recipe("auto", {**fashion, "model": "cct_2_3x2_32"}, gpu=True) == "small"
+    assert pick_recipe("auto", {**fashion, "batch_size": 128}, gpu=True) == "small"
+    assert pick_recipe("auto", {}, gpu=True) == "digits" and pick_recipe("auto", fashion, text=True, gpu=True) == "text"
+    cpu, gpu = ConfigSource("small", from_cli=fashion), ConfigSource("small-gpu", from_cli=fashion)
+    for epochs in (10, 60, 300):  # the same recipe, for a larger model at batch 512, at the same rate
+        on_cpu, on_gpu = cpu.resolve(epochs=epochs), gpu.resolve(epochs=epochs)
+        assert (on_cpu.model, on_cpu.batch_size, on_gpu.model, on_gpu.batch_size) == \
+            ("cct_2_3x2_32", 128, "cct_7_3x2_32", 512)
+        assert on_gpu.scaled_lr == pytest.approx(on_cpu.scaled_lr)
+        differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(on_cpu, f.name) != getattr(on_gpu, f.name)}
+        assert differ == {"model", "batch_size", "lr_base_batch"}
+    assert ConfigSource("small-gpu", from_cli={**fashion, "model": "cvt_7_4_32"}).resolve().model == "cvt_7_4_32"
 
 
 def test_planned_epochs_rescale_the_recipe_and_shrink_unfixed_warmup_cooldown():

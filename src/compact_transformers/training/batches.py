@@ -53,8 +53,9 @@ class DeviceBatches:
         index_lists = [order[step * self.global_batch + offset :][: self.local_batch]
                        for step in range(first_step, self.steps_per_epoch)]  # fmt: skip
         if not self.streamed:
-            for host_index in index_lists:
-                index = host_to_device(host_index, self.device)
+            on_device = host_to_device(order, self.device)  # one copy an epoch; each step takes a slice of it
+            for step, host_index in enumerate(index_lists, start=first_step):
+                index = on_device[step * self.global_batch + offset :][: self.local_batch]
                 if self.text:
                     longest = int(self.host_lengths[host_index].max())
                     yield Batch.of_texts(self.ids[index], self.lengths[index], self.labels[index], longest=longest)
