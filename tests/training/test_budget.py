@@ -17,7 +17,7 @@ import torch
 from compact_transformers.cli import main
 from compact_transformers.training import budget as budget_module
 from compact_transformers.training import loop as loop_module
-from compact_transformers.training.budget import TimeBudget
+from compact_transformers.training.budget import EpochEstimate, TimeBudget
 from compact_transformers.training.recipe import TrainConfig
 from compact_transformers.training.schedule import LRSchedule, ScheduleShape
 
@@ -88,9 +88,10 @@ class FakeClock:
 
 
 def run_on_a_fake_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: float, minutes: float = 1.0,
-                        samples_per_class: int = 5) -> list[dict]:
+                        samples_per_class: int = 5, validations: list[float] | None = None) -> list[dict]:
     """`cct train --time-limit minutes` on digits with 0.5 s steps on a fake clock (those of the first epoch
-    take ``slow`` s); the run's epoch records."""
+    take ``slow`` s; evaluations take none, or the seconds of ``validations`` in turn, the last one for the
+    rest); the run's epoch records."""
     clock = FakeClock()
     fake_time = SimpleNamespace(monotonic=clock, perf_counter=clock, time=clock)
     steps_per_epoch = {}
@@ -108,6 +109,14 @@ def run_on_a_fake_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: f
     monkeypatch.setattr(budget_module, "time", fake_time)
     monkeypatch.setattr(cli, "time", fake_time)
     monkeypatch.setattr(loop_module, "train_step", timed_step)
+    if validations:
+        real_evaluate, durations = loop_module.evaluate_split, iter(validations)
+
+        def timed_evaluation(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            clock.now += next(durations, validations[-1])
+            return real_evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(loop_module, "evaluate_split", timed_evaluation)
     monkeypatch.setattr(budget_module, "train_step", lambda model, batch, tools, step: clock.__setattr__(
         "now", clock.now + 0.5))  # the probe: 0.5 s steps
     assert main(["train", "--samples-per-class", str(samples_per_class), "--batch-size", "16", "--quiet",
@@ -134,6 +143,42 @@ def test_a_slow_first_epoch_neither_wastes_the_budget_nor_cuts_the_cooldown(tmp_
         at_min = [r["epoch"] for r in history if r["lr"] <= min_lr + 0.01 * (peak - min_lr)]
         assert history[-1]["epoch"] in at_min  # the schedule ended in its cooldown ...
         assert len(at_min) <= 0.3 * len(history) + 1, at_min  # ... and did not sit at the minimum for long
+
+
+def test_a_faster_later_validation_gives_back_the_time_kept_for_the_final_one() -> None:
+    config = TrainConfig(epochs=40, eval_interval=1)
+    budget = TimeBudget(minutes=10, start=0.0)
+    budget.max_epochs = 60
+    budget.elapsed = lambda: 50.0  # type: ignore[method-assign]
+    # the first validation took 30 s (say, compiling the model for evaluation); the test split is half its size
+    budget.refit(config, EpochEstimate(train_seconds=10.0, eval_seconds=30.0), test_share=0.5)
+    assert budget.reserve == pytest.approx(30 * 1.5 + budget_module.FINISH_SECONDS)
+    stuck = budget.replan(config, 10.0, epochs_done=2)
+    budget.observe_validation(1.0)  # a later one: 1 s
+    assert budget.reserve == pytest.approx(1 * 1.5 + budget_module.FINISH_SECONDS) and budget.eval_seconds == 1.0
+    budget.observe_validation(3.0)  # a slower one later changes nothing: the first fast one is the speed
+    assert budget.reserve == pytest.approx(1 * 1.5 + budget_module.FINISH_SECONDS) and budget.eval_seconds == 1.0
+    budget.recent = []
+    freed = budget.replan(config, 10.0, epochs_done=2)
+    assert stuck is not None and freed is not None
+    # 588 s to fill: 50 s used, 46.5 s kept, 10 + 30 s per epoch before; 1.5 s kept, 10 + 1 s per epoch after
+    assert (stuck["epochs"], freed["epochs"]) == (2 + round((588 - 50 - 46.5) / 40), 2 + round((588 - 50 - 6.5) / 11))
+    restored = TimeBudget(minutes=10, start=0.0)
+    restored.load_state_dict(budget.state_dict())
+    assert (restored.reserve, restored.eval_seconds, restored.test_share) == (budget.reserve, 1.0, 0.5)
+
+
+@pytest.mark.slow
+def test_a_slow_first_validation_does_not_shrink_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first validation slowed by one-off costs (as compiling the model for evaluation does) costs the run
+    the time it took, not the epochs that a plan counting that time for every validation would drop."""
+    steady = run_on_a_fake_clock(tmp_path / "steady", monkeypatch, slow=0.5, validations=[0.5])
+    monkeypatch.undo()
+    slowed = run_on_a_fake_clock(tmp_path / "slowed", monkeypatch, slow=0.5, validations=[20.0, 0.5])
+    epoch_seconds = steady[1]["epoch_seconds"] + 0.5  # training steps and a validation
+    lost = math.ceil(19.5 / epoch_seconds)  # the epochs that the 19.5 s lost once would have held
+    assert len(steady) >= 15
+    assert len(slowed) >= len(steady) - lost - 1, (len(slowed), len(steady), lost)
 
 
 @pytest.mark.slow

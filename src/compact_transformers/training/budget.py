@@ -110,6 +110,7 @@ class TimeBudget:
         self.train_start, self.progress_offset = 0.0, 0.0  # set by start_training
         self.probe_seconds: float | None = None  # seconds per epoch that plan() estimated from probe steps
         self.last_share = 1.0  # of the last planned epoch that fits (see last_epoch_share), set by each plan
+        self.test_share = 0.0  # the test split's size over validation's (set by refit)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -166,8 +167,16 @@ class TimeBudget:
         """After the first epoch: reserve time for the final evaluation (validation, and the test split
         ``test_share`` times the size of validation) and fit the schedule to the measured speed."""
         self.reserve = measured.eval_seconds * (1 + test_share) + FINISH_SECONDS
-        self.eval_seconds = measured.eval_seconds
+        self.eval_seconds, self.test_share = measured.eval_seconds, test_share
         return self.replan(config, measured.train_seconds, epochs_done=1)
+
+    def observe_validation(self, seconds: float) -> None:
+        """A later validation took ``seconds``: when that is faster than the first, whose time may have held
+        one-off costs (compiling the model for evaluation, warming up kernels), the run keeps that much less
+        for its final evaluation and counts that much less per validation from now on."""
+        if seconds < self.eval_seconds:
+            self.reserve -= (self.eval_seconds - seconds) * (1 + self.test_share)
+            self.eval_seconds = seconds
 
     def replan(self, config: TrainConfig, train_seconds: float, epochs_done: int) -> dict | None:
         """After an epoch whose steps took ``train_seconds``: the epochs that fit, at the speed of the fastest
@@ -179,7 +188,7 @@ class TimeBudget:
 
     def state_dict(self) -> dict:
         return {"reserve": self.reserve, "recent": list(self.recent), "eval_seconds": self.eval_seconds,
-                "probe_seconds": self.probe_seconds, "last_share": self.last_share}
+                "probe_seconds": self.probe_seconds, "last_share": self.last_share, "test_share": self.test_share}
 
     def load_state_dict(self, state: dict) -> None:
         self.reserve = float(state.get("reserve", 0.0))
@@ -187,6 +196,7 @@ class TimeBudget:
         self.eval_seconds = float(state.get("eval_seconds", 0.0))
         self.probe_seconds = state.get("probe_seconds")
         self.last_share = float(state.get("last_share", 1.0))
+        self.test_share = float(state.get("test_share", 0.0))
 
 
 def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset, probe_steps: int = 10) -> EpochEstimate:

@@ -211,6 +211,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
                     test_share = len(data.test) / max(len(data.val), 1) if data.test is not None else 0.0
                     plan = budget.refit(config, measured, test_share)
                 else:
+                    if last_val is not None:
+                        budget.observe_validation(time.perf_counter() - eval_start)
                     plan = budget.replan(config, ran.steady_seconds, epochs_done=epoch + 1)
                 plan, used, budget.last_share = from_rank0((plan, budget.progress(), budget.last_share), info)
                 if plan is not None and plan["epochs"] != config.epochs:
