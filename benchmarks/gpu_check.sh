@@ -6,11 +6,12 @@
 # Steps, most needed first; each one gets what is left of an 8-minute budget (less a margin; CCT_CHECK_BUDGET
 # seconds to change it), so the script ends in time even when a step hangs:
 #   train/           the default command on Fashion-MNIST with --time-limit 1 (test top-1 after 60 s, the
-#                    whole command; the dataset held on the device), run directory under OUT_DIR/train
+#                    whole command; the dataset held on the device; on a GPU the small-gpu recipe: cct_7_3x2_32
+#                    at batch 512), run directory under OUT_DIR/train
 #   throughput.json  cct bench: 3 models at batch 128 and 512, baseline / bf16 autocast / channels-last / fast
 #                    / fast with explicit attention (fast trains with SDPA on a GPU, with it on a CPU)
 #   compiled.json    fast vs fast+compile vs fast+cudagraphs (torch.compile, mode reduce-overhead)
-#   train-b512/      the same 60-second run at batch 512 (lr scaled linearly)
+#   train-b512/      the same 60-second run with --batch-size 512: the small recipe's cct_2_3x2_32 (lr scaled)
 #   latency.json     batch-1 latency of cct_7_3x1_32: eager, torch.compile, ONNX Runtime (CPU)
 #   accuracy.json    time to 88% val top-1 of cct_2_3x2_32 on Fashion-MNIST (held on the device by cct train)
 # and OUT_DIR/<step>.log (each step's text report and progress), OUT_DIR/summary.json (each step's status,
