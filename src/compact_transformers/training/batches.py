@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
-from ..data import ImageDataset
 from ..augment import host_to_device
+from ..data import ImageDataset
 from ..data.text import TextDataset
 from ..errors import DatasetError
 from .distributed import DistInfo
