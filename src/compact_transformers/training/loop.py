@@ -302,8 +302,9 @@ def train_one_epoch(model: nn.Module, tools: StepTools, batches: Iterator[Batch]
 
 def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
     """DivergedError when the summed training loss is NaN or infinite. Each rank checks its own, with no
-    collective of its own: in a distributed run the gradients' all-reduce spreads a NaN to every rank's weights
-    within a step, so the ranks stop at the same check."""
+    collective, as the per-step check before it did: NaN weights, which the gradients' all-reduce gives every
+    rank within a step, stop all ranks at the same check; a NaN loss of one rank's batch alone, just before a
+    check, stops that rank only (the others then wait in their next all-reduce)."""
     if not bool(torch.isfinite(loss_sum)):
         raise DivergedError(f"the training loss is {loss_sum.item()} by step {step}: training diverged; lower --lr")
 
