@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 
 def run_one(dataset: str, minutes: float, output: Path, seed: int, extra: list[str]) -> dict:
     name = f"{dataset}-{minutes:g}min-seed{seed}"
@@ -36,8 +38,9 @@ def run_one(dataset: str, minutes: float, output: Path, seed: int, extra: list[s
     final = json.loads((output / name / "final.json").read_text())
     split = "test" if "test" in final else "val"
     planned = re.findall(r"schedule fitted to (\d+) epochs", done.stdout + done.stderr)
-    return {"minutes": minutes, "split": split, "top1": final[split]["top1"], "epochs": final["epochs"],
-            "replans": planned, "wall_s": round(wall, 1), "run_dir": str(output / name)}
+    model = yaml.safe_load((output / name / "config.yaml").read_text())["model"]  # the recipe may grow it
+    return {"minutes": minutes, "split": split, "model": model, "top1": final[split]["top1"],
+            "epochs": final["epochs"], "replans": planned, "wall_s": round(wall, 1), "run_dir": str(output / name)}
 
 
 def main() -> int:
@@ -55,8 +58,8 @@ def main() -> int:
     for minutes in budgets:
         rows.append(run_one(args.dataset, minutes, Path(args.output), args.seed, args.extra.split()))
         row = rows[-1]
-        print(f"{row['minutes']:6g} min  {row['split']} top-1 {row['top1']:6.2f}%  {row['epochs']:4d} epochs  "
-              f"{row['wall_s']:7.1f} s wall", flush=True)
+        print(f"{row['minutes']:6g} min  {row['model']}  {row['split']} top-1 {row['top1']:6.2f}%  "
+              f"{row['epochs']:4d} epochs  {row['wall_s']:7.1f} s wall", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"dataset": args.dataset, "seed": args.seed, "rows": rows}, indent=2))
     drops = [(a, b) for a, b in zip(rows, rows[1:]) if b["top1"] < a["top1"] - args.tolerance]

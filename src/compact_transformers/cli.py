@@ -477,7 +477,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .benchmark import add_bench_arguments
-    from .training.recipe import add_config_arguments
+    from .training.recipe import GROW_AT_IMAGES, add_config_arguments
 
     parser = _Parser(prog="cct", description="Compact Transformers: train from scratch on small data.")
     parser.add_argument("-v", "--verbose", "--debug", action="store_true",
@@ -489,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config: ours or the authors' timm-style files")
     train.add_argument("--recipe", default="auto",
                        help="auto (digits for the bundled data, text for text, else small; small-gpu on a GPU when no "
-                            "--model or --batch-size is given), paper, small, small-gpu, digits, text")
+                            "--model or --batch-size is given), paper, small, small-gpu, digits, text. small trains "
+                            "CCT-4/3x2 instead of CCT-2/3x2 when --time-limit fits epochs x training images of "
+                            f"{GROW_AT_IMAGES:,} or more of CCT-2 (50 epochs of 60,000) and no --model is given")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
     add_config_arguments(train)
     train.set_defaults(func=cmd_train)

@@ -18,7 +18,7 @@ from compact_transformers.cli import main
 from compact_transformers.training import budget as budget_module
 from compact_transformers.training import loop as loop_module
 from compact_transformers.training.budget import EpochEstimate, TimeBudget
-from compact_transformers.training.recipe import TrainConfig
+from compact_transformers.training.recipe import ConfigSource, TrainConfig
 from compact_transformers.training.schedule import LRSchedule, ScheduleShape
 
 
@@ -204,3 +204,32 @@ def test_the_budget_is_used_to_within_half_an_epoch_and_the_schedule_ends_at_its
     # half-way through a schedule planned for a whole one would end at ~1% of the peak)
     peak, min_lr = max(r["lr"] for r in history), TrainConfig().min_lr
     assert history[-1]["lr"] <= min_lr + 0.005 * (peak - min_lr), (history[-1]["lr"], peak)
+
+
+def test_a_budget_that_fits_many_epochs_of_the_small_model_plans_the_larger_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan probes the recipe's model; when enough epochs of it fit (GROW_AT_IMAGES: 50 of 60,000 images),
+    it probes the larger model and plans that model's epochs instead. A model the user chose is kept."""
+    seconds_per_epoch = {"cct_2_3x2_32": 10.0, "cct_4_3x2_32": 15.0}
+    probed = []
+
+    def fake_estimate(config: TrainConfig, data: object) -> EpochEstimate:
+        probed.append(config.model)
+        return EpochEstimate(train_seconds=seconds_per_epoch[config.model], eval_seconds=0.0)
+
+    monkeypatch.setattr(budget_module, "estimate_epoch_seconds", fake_estimate)
+    fashion = {"dataset": "fashion_mnist"}
+    data = SimpleNamespace(train=SimpleNamespace(labels=torch.zeros(60_000)))
+    # 10 minutes: 59 epochs of the small model fit (98% of the budget), so the larger one is planned: 39
+    long = TimeBudget(10.0).plan(ConfigSource("small", from_cli={**fashion, "time_limit": 10.0}), data=data)
+    assert probed == ["cct_2_3x2_32", "cct_4_3x2_32"]
+    assert long.model == "cct_4_3x2_32" and long.epochs == 39
+    assert long == ConfigSource("small", from_cli={**fashion, "time_limit": 10.0}).with_model(
+        "cct_4_3x2_32").resolve(epochs=39, eval_interval=long.eval_interval)
+    probed.clear()
+    short = TimeBudget(5.0).plan(ConfigSource("small", from_cli={**fashion, "time_limit": 5.0}), data=data)
+    assert probed == ["cct_2_3x2_32"] and (short.model, short.epochs) == ("cct_2_3x2_32", 29)
+    probed.clear()
+    chosen = ConfigSource("small", from_cli={**fashion, "time_limit": 10.0, "model": "cct_2_3x2_32"})
+    kept = TimeBudget(10.0).plan(chosen, data=data)
+    assert probed == ["cct_2_3x2_32"] and (kept.model, kept.epochs) == ("cct_2_3x2_32", 59)

@@ -10,12 +10,14 @@ import yaml
 
 from compact_transformers.errors import ConfigError
 from compact_transformers.training.recipe import (
+    GROW_AT_IMAGES,
     RECIPES,
     ConfigSource,
     TrainConfig,
     add_config_arguments,
     apply_recipe,
     explicit_args,
+    larger_model_for,
     pick_recipe,
     resolve_config,
 )
@@ -297,6 +299,31 @@ def test_on_a_gpu_the_default_small_run_trains_a_larger_model_at_batch_512():
         differ = {f.name for f in dataclasses.fields(TrainConfig) if getattr(on_cpu, f.name) != getattr(on_gpu, f.name)}
         assert differ == {"model", "batch_size", "lr_base_batch"}
     assert ConfigSource("small-gpu", from_cli={**fashion, "model": "cvt_7_4_32"}).resolve().model == "cvt_7_4_32"
+
+
+def test_a_long_small_run_grows_its_model_unless_one_was_chosen():
+    fashion = {"dataset": "fashion_mnist"}
+    small = ConfigSource("small", from_cli=fashion)
+    assert larger_model_for(small, 49, train_images=60_000) is None  # GROW_AT_IMAGES = 50 epochs of 60,000
+    assert larger_model_for(small, 50, train_images=60_000) == "cct_4_3x2_32"
+    assert larger_model_for(small, 100, train_images=5_000) is None  # a small dataset keeps the small model
+    assert larger_model_for(small, 100, train_images=GROW_AT_IMAGES // 100) == "cct_4_3x2_32"
+    grown = small.with_model("cct_4_3x2_32")
+    assert grown.resolve(epochs=60).model == "cct_4_3x2_32"
+    # the larger model trains with the recipe the smaller one would have had for those epochs
+    differ = {f.name for f in dataclasses.fields(TrainConfig)
+              if getattr(grown.resolve(epochs=60), f.name) != getattr(small.resolve(epochs=60), f.name)}
+    assert differ == {"model"}
+    assert larger_model_for(grown, 300, train_images=60_000) is None  # grown once only
+    # a model or weights the user gave (by option or in a YAML file) are kept; other recipes do not grow
+    def grows(source: ConfigSource) -> bool:
+        return larger_model_for(source, 300, train_images=60_000) is not None
+
+    assert not grows(ConfigSource("small", from_cli={**fashion, "model": "cct_2_3x2_32"}))
+    assert not grows(ConfigSource("small", from_file={"model": "cct_2_3x2_32"}, from_cli=fashion))
+    assert not grows(ConfigSource("small", from_cli={**fashion, "pretrained": "w.safetensors"}))
+    assert grows(small) and not any(grows(ConfigSource(recipe, from_cli=fashion))
+                                    for recipe in ("paper", "small-gpu", "digits", "text"))
 
 
 def test_planned_epochs_rescale_the_recipe_and_shrink_unfixed_warmup_cooldown():

@@ -28,7 +28,7 @@ from ..data.text import TextDataset
 from .batches import DeviceBatches
 from .build import build_student, input_size, load_teacher, transforms
 from .distributed import DistInfo
-from .recipe import ConfigSource, TrainConfig, scaled_warmup_cooldown
+from .recipe import ConfigSource, TrainConfig, larger_model_for, scaled_warmup_cooldown
 from .runtime import autocast_dtype, prepare_model, select_device
 from .step import Batch, build_step_tools, train_step
 
@@ -144,7 +144,9 @@ class TimeBudget:
         return fitted
 
     def plan(self, source: ConfigSource, data: ImageDataset | TextDataset) -> TrainConfig:
-        """The config of ``source`` with the epochs and validation interval that fit, from probe steps."""
+        """The config of ``source`` with the epochs and validation interval that fit, from probe steps. When
+        they are many, the recipe may train a larger model instead (``recipe.larger_model_for``): it is probed
+        and planned in turn."""
         config = source.resolve()
         estimate = estimate_epoch_seconds(config, data)
         given = source.given()
@@ -161,6 +163,12 @@ class TimeBudget:
         logger.info("time limit %.1f min, ~%.1f s per epoch here: %d epochs%s, validation every %d",
                     self.seconds / 60, epoch_seconds, planned.epochs,
                     "" if fitted is not None else " (all of the recipe's: they fit)", planned.eval_interval)
+        larger = larger_model_for(source, planned.epochs, train_images=len(data.train.labels))
+        if larger is not None:
+            logger.info("%d epochs of %s fit (%.1fM images): training the recipe's larger model %s instead "
+                        "(--model %s keeps it)", planned.epochs, planned.model,
+                        planned.epochs * len(data.train.labels) / 1e6, larger, planned.model)
+            return self.plan(source.with_model(larger), data)
         return planned
 
     def refit(self, config: TrainConfig, measured: EpochEstimate, test_share: float) -> dict | None:
