@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from compact_transformers.models import TextCompactTransformer, TextConfig, create_model
-from compact_transformers.models.layers import Attention, dropout_keep_mask, softmax_dropout
+from compact_transformers.models import native
+from compact_transformers.models.layers import (
+    Attention,
+    dropout_keep_mask,
+    softmax_dropout,
+    softmax_dropout_keep_mask,
+)
 
 NO_DROPOUT = dict(attn_dropout=0.0, drop_path=0.0, dropout=0.0)
 
@@ -141,34 +147,47 @@ def test_dropout_keep_mask_keeps_each_entry_with_probability_one_minus_p(p: floa
     assert torch.equal(mask, again)
 
 
+KERNELS = ["torch", pytest.param("native", marks=pytest.mark.skipif(
+    native.softmax_dropout_library() is None, reason="no C compiler for the native kernel"))]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_softmax_dropout_forward_and_backward_equal_the_reference_with_the_same_mask(dtype: torch.dtype) -> None:
-    scores = torch.randn(3, 2, 7, 7, dtype=dtype, requires_grad=True)
+def test_softmax_dropout_forward_and_backward_equal_the_reference_with_the_same_mask(
+    dtype: torch.dtype, kernel: str
+) -> None:
+    scores = torch.randn(3, 2, 7, 19, dtype=dtype, requires_grad=True)
     torch.manual_seed(5)
-    out = softmax_dropout(scores, 0.25)
+    out = softmax_dropout(scores, 0.25, scale=0.7, kernel=kernel)
     torch.manual_seed(5)
-    mask = dropout_keep_mask((3, 2, 7, 7), 0.25, dtype=dtype, device=torch.device("cpu"))
+    mask = softmax_dropout_keep_mask(scores, 0.25, kernel=kernel)
+    assert 0 < mask.sum() < mask.numel()
     reference_scores = scores.detach().float().requires_grad_(True)
-    reference = reference_scores.softmax(-1) * mask.float()
+    reference = (reference_scores * 0.7).softmax(-1) * mask.float() / 0.75
     atol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.float(), reference, atol=atol, rtol=0)
-    upstream = torch.randn(3, 2, 7, 7)
+    upstream = torch.randn(3, 2, 7, 19)
     out.backward(upstream.to(dtype))
     reference.backward(upstream)
     torch.testing.assert_close(scores.grad.float(), reference_scores.grad, atol=atol * 4, rtol=0)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("autocast", [False, True])
-def test_attention_dropout_in_training_is_dropout_of_the_attention_weights(autocast: bool) -> None:
+def test_attention_dropout_in_training_is_dropout_of_the_attention_weights(autocast: bool, kernel: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU training path (softmax_dropout) computes proj(dropout(softmax(q k^T / sqrt(d))) v) with
     nn.Dropout's scaling, for the mask it draws."""
+    if kernel == "torch":
+        monkeypatch.setattr(native, "softmax_dropout_library", lambda: None)
     attention = Attention(dim=16, num_heads=2, attn_dropout=0.2, impl="explicit").train()
     x = torch.randn(3, 6, 16)
     torch.manual_seed(11)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = attention(x)
     torch.manual_seed(11)
-    mask = dropout_keep_mask((3, 2, 6, 6), 0.2, dtype=torch.float32, device=torch.device("cpu"))
+    scores_like = torch.empty(3, 2, 6, 6, dtype=torch.bfloat16 if autocast else torch.float32)
+    mask = softmax_dropout_keep_mask(scores_like, 0.2, kernel=kernel).float()
     q, k, v = attention.qkv(x).reshape(3, 6, 3, 2, 8).permute(2, 0, 3, 1, 4)
     weights = (q @ k.transpose(-2, -1) / 8**0.5).softmax(-1) * mask / 0.8
     expected = attention.proj((weights @ v).transpose(1, 2).reshape(3, 6, 16))

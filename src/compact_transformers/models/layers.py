@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from . import native
 from .config import ModelConfig
 
 ATTENTION_IMPLS = ("sdpa", "explicit", "auto")
@@ -28,9 +29,8 @@ class Attention(nn.Module):
     (softmax(q k^T) v written out, the reference form) or ``"auto"`` (SDPA, except while training on a CPU:
     there the SDPA backward is slower than the explicit one; its forward is faster and uses memory linear in
     the tokens, and on a GPU its fused kernels train CCT-7/3x1 1.45x faster at batch 512 on an H200).
-    Training on a CPU with attention dropout, the explicit path draws its mask with :func:`dropout_keep_mask`
-    and applies it in :func:`softmax_dropout` (the same distribution as ``nn.Dropout``; 1.5x the training
-    speed of CCT-7/3x1 under bf16 autocast on an AMX CPU).
+    Training on a CPU with attention dropout, the explicit path scales, normalises and drops in one
+    :func:`softmax_dropout` (the same distribution as ``nn.Dropout``), in C where a compiler is at hand.
     """
 
     def __init__(
@@ -73,14 +73,17 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=key_mask, dropout_p=self.attn_dropout if self.training else 0.0
             )
         else:
-            scores = (q * self.scale) @ k.transpose(-2, -1)
-            if key_mask is not None:
-                scores = scores.masked_fill(~key_mask, float("-inf"))
             if self.training and self.attn_dropout > 0 and x.device.type == "cpu" and not need_weights:
+                scores = q @ k.transpose(-2, -1)  # the kernel scales them
+                if key_mask is not None:
+                    scores = scores.masked_fill(~key_mask, float("-inf"))
                 with torch.autocast("cpu", enabled=False):  # softmax in the scores' dtype (bf16 under autocast)
-                    dropped = softmax_dropout(scores, self.attn_dropout)
-                out = (dropped @ v) * (1.0 / (1.0 - self.attn_dropout))
+                    dropped = softmax_dropout(scores, self.attn_dropout, scale=self.scale)
+                out = dropped @ v
             else:
+                scores = (q * self.scale) @ k.transpose(-2, -1)
+                if key_mask is not None:
+                    scores = scores.masked_fill(~key_mask, float("-inf"))
                 weights = scores.softmax(dim=-1)
                 out = self.attn_drop(weights) @ v
         out = out.transpose(1, 2).reshape(batch, tokens, dim)
@@ -105,27 +108,114 @@ def dropout_keep_mask(shape: tuple[int, ...], p: float, *, dtype: torch.dtype, d
 
 
 class _SoftmaxDropout(torch.autograd.Function):
-    """softmax(scores) * keep, with ``keep`` ~ Bernoulli(1 - p) and NOT rescaled by 1/(1 - p) (the caller
-    scales the smaller attention output instead). Saves the softmax and the mask in the scores' dtype and
-    applies them in its own backward, instead of the fp32 copies and float mask that autocast and
-    ``F.dropout`` make."""
+    """dropout(softmax(scale * scores), p) with torch's operators: the mask from :func:`dropout_keep_mask`, the
+    softmax and the mask saved in the scores' dtype and applied in its own backward (instead of the fp32 copies
+    and float mask that autocast and ``F.dropout`` make)."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, scores: torch.Tensor, p: float) -> torch.Tensor:
-        weights = torch.softmax(scores, dim=-1)  # CPU kernels accumulate reduced precision in fp32
+    def forward(ctx: torch.autograd.function.FunctionCtx, scores: torch.Tensor, p: float,
+                scale: float) -> torch.Tensor:
+        weights = torch.softmax(scores * scale if scale != 1.0 else scores, dim=-1)  # fp32 accumulation inside
         keep = dropout_keep_mask(tuple(weights.shape), p, dtype=weights.dtype, device=weights.device)
         ctx.save_for_backward(weights, keep)
-        return weights * keep
+        ctx.p, ctx.scale = p, scale
+        return torch.mul(weights, keep).mul_(1.0 / (1.0 - p))
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         weights, keep = ctx.saved_tensors
-        return torch._softmax_backward_data(grad * keep, weights, -1, weights.dtype), None
+        grad_weights = torch.mul(grad, keep).mul_(1.0 / (1.0 - ctx.p))
+        grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+        return (grad_scores.mul_(ctx.scale) if ctx.scale != 1.0 else grad_scores), None, None
 
 
-def softmax_dropout(scores: torch.Tensor, p: float) -> torch.Tensor:
-    """``softmax(scores, -1)`` with dropout ``p`` on its entries, without the 1/(1 - p) rescaling."""
-    return _SoftmaxDropout.apply(scores, p)
+def _native_seed_and_threshold(p: float) -> tuple[int, int]:
+    """The native kernel's draw: a 64-bit seed from torch's generator, and p as a 32-bit threshold."""
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64)) % 2**64
+    return seed, min(round(p * 2**32), 2**32 - 1)
+
+
+class _NativeSoftmaxDropout(torch.autograd.Function):
+    """The same function in one pass of the C kernel of :mod:`.native`, forward and backward: the mask is a hash
+    of a seed drawn from torch's generator and the entry's index, recomputed by the backward, not stored."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, scores: torch.Tensor, p: float,
+                scale: float) -> torch.Tensor:
+        scores = scores.contiguous()
+        weights, dropped = torch.empty_like(scores), torch.empty_like(scores)
+        seed, threshold = _native_seed_and_threshold(p)
+        cols = scores.shape[-1]
+        status = native.softmax_dropout_library().cct_softmax_dropout_forward(
+            scores.data_ptr(), weights.data_ptr(), dropped.data_ptr(), scores.numel() // cols, cols, seed, threshold,
+            scale, 1.0 / (1.0 - p), int(scores.dtype == torch.bfloat16), torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("the native softmax-dropout kernel could not allocate its row buffers")
+        ctx.save_for_backward(weights)
+        ctx.seed, ctx.threshold, ctx.p, ctx.scale = seed, threshold, p, scale
+        return dropped
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weights,) = ctx.saved_tensors
+        grad = grad.to(weights.dtype).contiguous()
+        grad_scores = torch.empty_like(weights)
+        cols = weights.shape[-1]
+        status = native.softmax_dropout_library().cct_softmax_dropout_backward(
+            grad.data_ptr(), weights.data_ptr(), grad_scores.data_ptr(), weights.numel() // cols, cols, ctx.seed,
+            ctx.threshold, ctx.scale, 1.0 / (1.0 - ctx.p), int(weights.dtype == torch.bfloat16),
+            torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("the native softmax-dropout kernel could not allocate its row buffers")
+        return grad_scores, None, None
+
+
+SOFTMAX_DROPOUT_KERNELS = ("auto", "native", "torch")
+
+
+def _uses_native(scores: torch.Tensor, kernel: str) -> bool:
+    if kernel not in SOFTMAX_DROPOUT_KERNELS:
+        raise ConfigError(f"softmax-dropout kernel must be one of {SOFTMAX_DROPOUT_KERNELS}, got {kernel!r}")
+    if kernel == "torch":
+        return False
+    suitable = (scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.bfloat16)
+                and scores.dim() > 0 and scores.numel() > 0
+                and not torch.compiler.is_compiling())  # torch.compile traces torch's operators, not C calls
+    available = suitable and native.softmax_dropout_library() is not None
+    if kernel == "native" and not available:
+        raise ConfigError(
+            "the native softmax-dropout kernel needs non-empty fp32/bf16 scores on a CPU, eager mode and a C "
+            f"compiler (and not CCT_NATIVE=0); got {scores.dtype} on {scores.device.type}, shape {tuple(scores.shape)}")
+    return available
+
+
+def softmax_dropout(scores: torch.Tensor, p: float, scale: float = 1.0, kernel: str = "auto") -> torch.Tensor:
+    """``dropout(softmax(scale * scores, -1), p)`` as ``nn.Dropout`` computes it in training (kept entries
+    scaled by 1/(1 - p)), in the scores' dtype, for ``0 <= p < 1``.
+
+    ``kernel``: ``"native"`` (one C pass forward and one backward; on an AMX CPU 10x faster forward and backward
+    than ``"torch"`` for the bf16 scores of CCT-7/3x1), ``"torch"`` (torch's operators, the mask from
+    :func:`dropout_keep_mask`) or ``"auto"`` (native for fp32/bf16 CPU scores where it can be built). Both draw
+    from torch's generator, so seeding torch fixes the mask; they draw different masks.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
+    if _uses_native(scores, kernel):
+        return _NativeSoftmaxDropout.apply(scores, p, scale)
+    return _SoftmaxDropout.apply(scores, p, scale)
+
+
+def softmax_dropout_keep_mask(scores: torch.Tensor, p: float, kernel: str = "auto") -> torch.Tensor:
+    """The keep mask (bool, shaped like ``scores``) that ``softmax_dropout(scores, p, kernel)`` would apply if
+    called now; draws the same random numbers from torch's generator (for tests and for checking the draw)."""
+    if not _uses_native(scores, kernel):
+        return dropout_keep_mask(tuple(scores.shape), p, dtype=torch.bool, device=scores.device)
+    seed, threshold = _native_seed_and_threshold(p)
+    keep = torch.empty(scores.shape, dtype=torch.uint8)
+    native.softmax_dropout_library().cct_softmax_dropout_keep(keep.data_ptr(), keep.numel(), seed, threshold)
+    return keep.bool()
 
 
 class DropPath(nn.Module):
@@ -139,8 +229,8 @@ class DropPath(nn.Module):
         if self.drop_prob == 0.0 or not self.training:
             return x
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        scale = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+        return x * scale  # one pass over x (x * mask / keep made two, forward and backward)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"

@@ -1,0 +1,89 @@
+"""Native CPU kernels, compiled on first use with the system's C compiler and cached.
+
+One kernel so far, ``softmax_dropout.c``: attention's softmax fused with its dropout (see
+:func:`.layers.softmax_dropout`). Its mask is a counter-based hash of a seed drawn from torch's generator, so
+``torch.manual_seed`` still fixes every mask, a resumed run draws the same ones, and the backward recomputes
+the mask instead of storing it. Without a compiler, or with ``CCT_NATIVE=0``, :func:`softmax_dropout_library`
+returns None and callers use torch's operators.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("softmax_dropout.c")
+# -march=native turns on the AVX-512 BF16 rows where the CPU has them (AMX Xeons, AMD Zen 4+); reassociating
+# float sums lets the compiler vectorise the portable rows' reductions; no flag assumes finite values (masked
+# scores are -inf).
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+         "-shared", "-fPIC", "-pthread")
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and flags (a cache shared by two machines must not
+    hand one the other's instructions)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return "\n".join([line for line in lines if line.startswith(("model name", "flags"))][:2])
+
+
+def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
+    entry = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64,
+             ctypes.c_uint32, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    for name in ("cct_softmax_dropout_forward", "cct_softmax_dropout_backward"):
+        function = getattr(library, name)
+        function.argtypes = entry
+        function.restype = ctypes.c_int
+    library.cct_softmax_dropout_keep.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32]
+    library.cct_softmax_dropout_keep.restype = None
+    return library
+
+
+def build_library(directory: Path, flags: tuple[str, ...] = FLAGS, compiler: str | None = None) -> ctypes.CDLL:
+    """Compile ``softmax_dropout.c`` with ``flags`` into ``directory`` (once per source, flags, compiler and CPU)
+    and load it. Raises OSError or subprocess.SubprocessError when it cannot."""
+    compiler = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise FileNotFoundError("no C compiler (cc, gcc or $CC)")
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(flags).encode(), compiler.encode(), _cpu_signature().encode()):
+        digest.update(part)
+    target = directory / f"softmax_dropout-{digest.hexdigest()[:16]}.so"
+    if not target.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            built = Path(scratch) / target.name
+            subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), "-lm"], check=True,
+                           capture_output=True, text=True, timeout=120)
+            os.replace(built, target)  # atomic: a concurrent process never loads a half-written library
+    return _declare(ctypes.CDLL(str(target)))
+
+
+@cache
+def softmax_dropout_library() -> ctypes.CDLL | None:
+    """The kernel built for this CPU (cached under ``$CCT_CACHE/native``), or None, with one log line saying why,
+    where it cannot be had."""
+    if os.environ.get("CCT_NATIVE", "1") == "0" or platform.system() != "Linux":
+        return None
+    from .weights import cache_dir  # weights imports layers, which imports this module
+
+    try:
+        return build_library(cache_dir() / "native")
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = (getattr(error, "stderr", None) or str(error)).strip()
+        log.warning("native softmax-dropout kernel unavailable (%s): attention dropout on the CPU uses torch's "
+                    "operators, which are slower", detail.splitlines()[-1] if detail else type(error).__name__)
+        return None
