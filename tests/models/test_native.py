@@ -82,23 +82,66 @@ def test_the_result_does_not_depend_on_the_number_of_threads() -> None:
     assert torch.equal(_backward(library, grad, one[0], 0.1, 99, 1), _backward(library, grad, one[0], 0.1, 99, 3))
 
 
+def _keep(library, count: int, seed: int, p: float) -> torch.Tensor:
+    keep = torch.empty(count, dtype=torch.uint8)
+    library.cct_softmax_dropout_keep(keep.data_ptr(), count, seed, round(p * 2**32))
+    return keep.bool()
+
+
+def test_the_default_build_runs_the_vector_rows_where_the_cpu_has_avx512_bf16() -> None:
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    has_them = all(flag in flags for flag in ("avx512f", "avx512bw", "avx512vl", "avx512_bf16"))
+    assert native.softmax_dropout_library().cct_softmax_dropout_vector_rows() == int(has_them)
+
+
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the AVX-512 rows exist on x86-64 only")
 @pytest.mark.parametrize("cols", [5, 16, 45])
 def test_avx512_rows_and_portable_rows_agree(cols: int, tmp_path: Path) -> None:
     """On a CPU with AVX-512 BF16 the default build runs the vector rows; an x86-64-v3 build runs the portable
-    ones. Both must draw the same mask and agree to bf16 rounding, forward and backward."""
+    ones. Both must draw the mask of cct_softmax_dropout_keep and agree to bf16 rounding, forward and
+    backward, with masked (-inf) scores and a scale."""
+    default = native.softmax_dropout_library()
+    if not default.cct_softmax_dropout_vector_rows():
+        pytest.skip("this CPU has no AVX-512 BF16: the default build runs the portable rows too")
     portable_flags = tuple("-march=x86-64-v3" if flag == "-march=native" else flag for flag in native.FLAGS)
     portable = native.build_library(tmp_path, flags=portable_flags)
-    default = native.softmax_dropout_library()
+    assert portable.cct_softmax_dropout_vector_rows() == 0
     scores = (torch.randn(9, 4, cols) * 3).to(torch.bfloat16)
+    scores[:, 0, cols // 2 :] = float("-inf")
     grad = torch.randn(9, 4, cols).to(torch.bfloat16)
-    weights, dropped = _forward(default, scores, 0.3, seed=7, threads=2)
-    weights_portable, dropped_portable = _forward(portable, scores, 0.3, seed=7, threads=2)
-    assert torch.equal(dropped == 0, dropped_portable == 0)
-    torch.testing.assert_close(weights.float(), weights_portable.float(), atol=1e-3, rtol=8e-3)
-    torch.testing.assert_close(dropped.float(), dropped_portable.float(), atol=1e-3, rtol=8e-3)
-    torch.testing.assert_close(_backward(default, grad, weights, 0.3, 7, 2).float(),
-                               _backward(portable, grad, weights, 0.3, 7, 2).float(), atol=1e-3, rtol=8e-3)
+    keep = _keep(default, scores.numel(), 7, 0.3).view(scores.shape)
+    for library in (default, portable):
+        weights, dropped = _forward(library, scores, 0.3, seed=7, threads=2, scale=0.6)
+        assert torch.equal(dropped != 0, keep & (weights != 0))
+        expected = (scores.float() * 0.6).softmax(-1)
+        torch.testing.assert_close(weights.float(), expected, atol=1e-3, rtol=8e-3)
+        torch.testing.assert_close(dropped.float(), expected * keep / 0.7, atol=1e-3, rtol=8e-3)
+        reference_scores = scores.float().requires_grad_(True)
+        ((reference_scores * 0.6).softmax(-1) * keep / 0.7).backward(grad.float())
+        out = torch.empty_like(weights)
+        assert library.cct_softmax_dropout_backward(
+            grad.data_ptr(), weights.data_ptr(), out.data_ptr(), weights.numel() // cols, cols, 7,
+            round(0.3 * 2**32), 0.6, 1 / 0.7, 1, 2) == 0
+        torch.testing.assert_close(out.float(), reference_scores.grad, atol=2e-2, rtol=2e-2)
+
+
+def test_fewer_rows_than_threads_and_no_rows_at_all() -> None:
+    library = native.softmax_dropout_library()
+    scores = torch.randn(3, 20)
+    alone = _forward(library, scores, 0.2, seed=5, threads=1)
+    crowded = _forward(library, scores, 0.2, seed=5, threads=8)
+    assert torch.equal(alone[0], crowded[0]) and torch.equal(alone[1], crowded[1])
+    empty = torch.empty(0, 20)
+    assert library.cct_softmax_dropout_forward(empty.data_ptr(), empty.data_ptr(), empty.data_ptr(), 0, 20, 5,
+                                               0, 1.0, 1.0, 0, 4) == 0
+
+
+def test_the_native_backward_refuses_a_double_backward() -> None:
+    scores = torch.randn(4, 6, requires_grad=True)
+    out = softmax_dropout(scores, 0.1, kernel="native")
+    (grad,) = torch.autograd.grad(out.square().sum(), scores, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad.sum().backward()
 
 
 def test_without_a_compiler_training_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

@@ -12,6 +12,7 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
 from . import native
@@ -157,6 +158,7 @@ class _NativeSoftmaxDropout(torch.autograd.Function):
         return dropped
 
     @staticmethod
+    @once_differentiable  # the C backward builds no graph: a double backward must fail, not return zeros
     def backward(ctx: torch.autograd.function.FunctionCtx,
                  grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (weights,) = ctx.saved_tensors

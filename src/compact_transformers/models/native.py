@@ -37,7 +37,8 @@ def _cpu_signature() -> str:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return platform.processor() or platform.machine()
-    return "\n".join([line for line in lines if line.startswith(("model name", "flags"))][:2])
+    keys = ("model name", "flags", "Features", "CPU implementer", "CPU part")  # x86, then ARM's names
+    return "\n".join(dict.fromkeys(line for line in lines if line.startswith(keys)))  # once each, in order
 
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
@@ -49,6 +50,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
         function.restype = ctypes.c_int
     library.cct_softmax_dropout_keep.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32]
     library.cct_softmax_dropout_keep.restype = None
+    library.cct_softmax_dropout_vector_rows.argtypes = []
+    library.cct_softmax_dropout_vector_rows.restype = ctypes.c_int
     return library
 
 

@@ -55,14 +55,16 @@ static inline float exp_nonpositive(float x) { /* e^x for x <= 0 (x - max of the
     poly = poly * f + 2.40226507e-1f;
     poly = poly * f + 6.93147181e-1f;
     poly = poly * f + 1.0f;
-    union { int32_t bits; float value; } scale;
-    scale.bits = ((int32_t)(n < -126.0f ? -126.0f : n) + 127) << 23;
+    n = n >= -126.0f ? n : -126.0f; /* also when n is NaN: converting NaN to an integer is undefined */
+    union { uint32_t bits; float value; } scale;
+    scale.bits = (uint32_t)((int32_t)n + 127) << 23;
     return x < -87.0f ? 0.0f : poly * scale.value;
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__)
 /* The bf16 rows with AVX-512 (every CPU with AMX, AMD Zen 4 and later): 16 entries per instruction, the CPU's
- * own fp32 -> bf16 rounding, and the same draws as draw() above. */
+ * own fp32 -> bf16 rounding (which flushes denormals to zero, where float_to_bf16 keeps them), and the same
+ * draws as draw() above. */
 #include <immintrin.h>
 #define HAVE_AVX512_BF16 1
 
@@ -336,4 +338,13 @@ int cct_softmax_dropout_backward(const void *grad, const void *prob, void *grad_
 void cct_softmax_dropout_keep(uint8_t *keep, int64_t count, uint64_t seed, uint32_t threshold) {
     const uint32_t key0 = (uint32_t)seed, key1 = (uint32_t)(seed >> 32);
     for (int64_t i = 0; i < count; i++) keep[i] = draw((uint64_t)i, key0, key1) >= threshold;
+}
+
+/* 1 where bf16 rows run the AVX-512 BF16 code, 0 where they run the portable code (for tests). */
+int cct_softmax_dropout_vector_rows(void) {
+#ifdef HAVE_AVX512_BF16
+    return 1;
+#else
+    return 0;
+#endif
 }

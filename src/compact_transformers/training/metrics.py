@@ -59,12 +59,15 @@ def predict_text_logits(model: nn.Module, ids: torch.Tensor, lengths: torch.Tens
     Texts are batched by length (each batch cut to its longest text) and returned in their own order."""
     was_training = model.training
     model.eval()
-    order = lengths.argsort()
+    host_lengths = lengths.cpu()  # one read from the device: each batch's longest text is then known here
+    order = host_lengths.argsort()
     outputs = torch.empty(len(lengths), model.config.num_classes, device=ids.device)
     try:
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            rows, mask = trim_to_longest(ids[index], lengths[index])
+            longest = int(host_lengths[index].max())
+            index = index.to(ids.device)
+            rows, mask = trim_to_longest(ids[index], lengths[index], longest)
             with torch.autocast(ids.device.type, dtype=autocast, enabled=autocast is not None):
                 outputs[index] = model(rows, mask).float()
     finally:
