@@ -378,6 +378,9 @@ def finish_run(run_dir: Path, model: nn.Module, data: ImageDataset, transform: n
             tracker.log_figures(figures, epoch=len(history))
         summary = ", ".join(f"{n} top-1 {final[n]['top1']:.2f}%" for n in splits)
         logger.info("done: %s; run directory %s", summary, run_dir)
+    # The other ranks wait for rank 0's files: a rank that left the gloo group while rank 0 was still writing
+    # them was sometimes aborted inside gloo ("terminate called without an active exception").
+    from_rank0(None, info)
     return final
 
 
