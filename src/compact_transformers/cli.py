@@ -629,10 +629,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     previous_sigterm = _interrupt_on_sigterm()
     try:
-        return _run(args)
+        code = _run(args)
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+    if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_torchrun_rank(code)
+    return code
+
+
+def _leave_torchrun_rank(code: int) -> NoReturn:
+    """End a torchrun rank whose run is over (saved, process group left) without interpreter finalisation:
+    tearing down gloo's threads at exit sometimes aborted a rank after a complete run (SIGABRT, "terminate
+    called without an active exception"), which torchrun then reports as a failed job."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _run(args: argparse.Namespace) -> int:
