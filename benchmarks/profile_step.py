@@ -15,6 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from compact_transformers.benchmark import _amp_dtype, build_step, parse_model_spec, resolve_variant
+from compact_transformers.training.runtime import tune_cpu
 
 
 def main() -> None:
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args()
 
+    tune_cpu()  # as `cct train` and `cct bench` do: without it the profile is of page faults
     device = torch.device(args.device)
     spec, variant = parse_model_spec(args.model), resolve_variant(args.variant)
     step = build_step(spec, variant, args.mode, args.batch_size, device, _amp_dtype(args.precision, device))

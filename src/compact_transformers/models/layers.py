@@ -31,7 +31,9 @@ class Attention(nn.Module):
     there the SDPA backward is slower than the explicit one; its forward is faster and uses memory linear in
     the tokens, and on a GPU its fused kernels train CCT-7/3x1 1.45x faster at batch 512 on an H200).
     Training on a CPU with attention dropout, the explicit path scales, normalises and drops in one
-    :func:`softmax_dropout` (the same distribution as ``nn.Dropout``), in C where a compiler is at hand.
+    :func:`softmax_dropout` (the same distribution as ``nn.Dropout``), in C where a compiler is at hand; with
+    ``"auto"``, bf16 activations (autocast) and AMX, the whole core (q k^T, softmax, dropout, times v) runs in
+    :func:`native_attention` instead, which drops the same entries for the same seed.
     """
 
     def __init__(
@@ -64,7 +66,12 @@ class Attention(nn.Module):
         also return the attention probabilities (B, heads, N, N), before dropout; they come from the explicit
         kernel (SDPA does not expose them), whatever ``impl`` says."""
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
+        if (self.impl == "auto" and self.training and attn_mask is None and not need_weights
+                and native_attention_available(qkv)):  # CPU training on AMX: the fused kernel
+            out = native_attention(qkv, self.num_heads, self.attn_dropout, self.scale)
+            return self.proj_drop(self.proj(out))
+        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         key_mask = None if attn_mask is None else attn_mask[:, None, None, :]
         use_sdpa = self.impl == "sdpa" or (self.impl == "auto" and not (self.training and x.device.type == "cpu"))
@@ -172,6 +179,76 @@ class _NativeSoftmaxDropout(torch.autograd.Function):
         if status != 0:
             raise MemoryError("the native softmax-dropout kernel could not allocate its row buffers")
         return grad_scores, None, None
+
+
+class _NativeAttention(torch.autograd.Function):
+    """``dropout(softmax(scale * q k^T)) v`` of every head, straight from the qkv projection's (B, N, 3·D) bf16
+    output to the (B, N, D) input of the output projection, in the C kernel of :mod:`.native` on CPUs with
+    AMX: each (image, head) is computed in the thread's cache, so no N x N matrix is written to memory or saved
+    for the backward (which recomputes the scores). The dropout mask is the one ``softmax_dropout`` draws
+    for these scores, for the same seed."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, qkv: torch.Tensor, heads: int, p: float,
+                scale: float) -> torch.Tensor:
+        qkv = qkv.contiguous()
+        batch, tokens, width = qkv.shape
+        dim = width // 3
+        out = qkv.new_empty(batch, tokens, dim)
+        stats = torch.empty(2, batch, heads, tokens, dtype=torch.float32)  # each row's max and 1/sum
+        seed, threshold = _native_seed_and_threshold(p) if p > 0 else (0, 0)  # p = 0 draws nothing, as nn.Dropout
+        status = native.softmax_dropout_library().cct_attention_forward(
+            qkv.data_ptr(), out.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), batch, tokens, heads,
+            dim // heads, seed, threshold, scale, 1.0 / (1.0 - p), torch.get_num_threads())
+        _check_native_status(status)
+        ctx.save_for_backward(qkv, stats)
+        ctx.heads, ctx.seed, ctx.threshold, ctx.p, ctx.scale = heads, seed, threshold, p, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        qkv, stats = ctx.saved_tensors
+        grad = grad.to(qkv.dtype).contiguous()
+        grad_qkv = torch.empty_like(qkv)
+        batch, tokens, width = qkv.shape
+        status = native.softmax_dropout_library().cct_attention_backward(
+            qkv.data_ptr(), grad.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), grad_qkv.data_ptr(), batch,
+            tokens, ctx.heads, width // 3 // ctx.heads, ctx.seed, ctx.threshold, ctx.scale, 1.0 / (1.0 - ctx.p),
+            torch.get_num_threads())
+        _check_native_status(status)
+        return grad_qkv, None, None, None
+
+
+def _check_native_status(status: int) -> None:
+    if status == 1:
+        raise MemoryError("the native attention kernel could not allocate its buffers")
+    if status != 0:
+        raise RuntimeError(f"the native attention kernel refused its input (status {status})")
+
+
+ATTENTION_MAX_TOKENS = 1024  # MAX_TOKENS of the C kernel: its per-thread buffers grow with tokens^2
+
+
+def native_attention_available(qkv: torch.Tensor) -> bool:
+    """Whether :func:`native_attention` can take this qkv projection output: bf16 on a CPU with AMX, eager mode,
+    at most ``ATTENTION_MAX_TOKENS`` tokens, and the library built (not ``CCT_NATIVE=0``)."""
+    if not (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16 and qkv.dim() == 3
+            and 0 < qkv.shape[1] <= ATTENTION_MAX_TOKENS and qkv.shape[0] > 0
+            and not torch.compiler.is_compiling()):
+        return False
+    library = native.softmax_dropout_library()
+    return library is not None and native.attention_available()
+
+
+def native_attention(qkv: torch.Tensor, heads: int, p: float, scale: float) -> torch.Tensor:
+    """Multi-head attention's core in training, ``dropout(softmax(scale * q k^T), p) v`` (kept entries scaled
+    by 1/(1 - p)), from the (B, N, 3·D) output of the qkv projection to (B, N, D), heads side by side; needs
+    :func:`native_attention_available`."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
+    return _NativeAttention.apply(qkv, heads, float(p), float(scale))
 
 
 SOFTMAX_DROPOUT_KERNELS = ("auto", "native", "torch")

@@ -1,7 +1,8 @@
 """Native CPU kernels, compiled on first use with the system's C compiler and cached.
 
-One kernel so far, ``softmax_dropout.c``: attention's softmax fused with its dropout (see
-:func:`.layers.softmax_dropout`). Its mask is a counter-based hash of a seed drawn from torch's generator, so
+One C file, ``softmax_dropout.c``: attention's softmax fused with its dropout (see
+:func:`.layers.softmax_dropout`) and, on CPUs with AMX, attention's whole core in training with its matmuls on
+AMX tiles (:func:`.layers.native_attention`). Its mask is a counter-based hash of a seed drawn from torch's generator, so
 ``torch.manual_seed`` still fixes every mask, a resumed run draws the same ones, and the backward recomputes
 the mask instead of storing it. Without a compiler, or with ``CCT_NATIVE=0``, :func:`softmax_dropout_library`
 returns None and callers use torch's operators.
@@ -52,6 +53,13 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.cct_softmax_dropout_keep.restype = None
     library.cct_softmax_dropout_vector_rows.argtypes = []
     library.cct_softmax_dropout_vector_rows.restype = ctypes.c_int
+    library.cct_attention_available.argtypes = []
+    library.cct_attention_available.restype = ctypes.c_int
+    sizes = [ctypes.c_int64] * 4  # batch, tokens, heads, head_dim
+    draw = [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_float, ctypes.c_int]
+    library.cct_attention_forward.argtypes = [ctypes.c_void_p] * 4 + sizes + draw
+    library.cct_attention_backward.argtypes = [ctypes.c_void_p] * 5 + sizes + draw
+    library.cct_attention_forward.restype = library.cct_attention_backward.restype = ctypes.c_int
     return library
 
 
@@ -90,3 +98,14 @@ def softmax_dropout_library() -> ctypes.CDLL | None:
         log.warning("native softmax-dropout kernel unavailable (%s): attention dropout on the CPU uses torch's "
                     "operators, which are slower", detail.splitlines()[-1] if detail else type(error).__name__)
         return None
+
+
+@cache
+def attention_available() -> bool:
+    """Whether the library has the fused attention kernel (built with AMX, and the OS grants its tile state), and
+    ``CCT_NATIVE_ATTENTION=0`` does not turn it off (for comparisons: attention then runs its matmuls in torch
+    and only the softmax-dropout here)."""
+    if os.environ.get("CCT_NATIVE_ATTENTION", "1") == "0":
+        return False
+    library = softmax_dropout_library()
+    return library is not None and bool(library.cct_attention_available())

@@ -7,6 +7,9 @@
  * keep is never stored: entry i of a call keeps iff hash(seed, i) >= p * 2^32, a counter-based draw that
  * the backward recomputes, so a call reads its scores once and writes two tensors, and its result does not
  * depend on the number of threads. Values are bf16 (stored as uint16) or fp32; arithmetic is fp32.
+ *
+ * On CPUs with AMX, a second entry point runs attention's whole core (q k^T, this softmax and dropout, times v)
+ * with the matmuls on AMX tiles, one (image, head) at a time in cache: see cct_attention_forward below.
  */
 #include <math.h>
 #include <pthread.h>
@@ -346,5 +349,467 @@ int cct_softmax_dropout_vector_rows(void) {
     return 1;
 #else
     return 0;
+#endif
+}
+
+#if defined(HAVE_AVX512_BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+/* The whole attention core of a training step, forward and backward, on CPUs with AMX (Intel Xeon 4th gen
+ * and later): one (image, head) at a time, its Q K^T, softmax, dropout and product with V stay in the
+ * thread's cache, so the N x N matrices never travel to memory, and nothing N x N is saved for the backward:
+ * it recomputes the scores (one small matmul) from Q and K and the softmax from each row's max and 1/sum.
+ *
+ * qkv is the (batch, tokens, 3, heads, head_dim) output of the qkv projection (bf16), out and grad_out are
+ * (batch, tokens, heads * head_dim). The dropout mask is the one the row kernel above draws for scores laid
+ * out as (batch, heads, tokens, tokens), so both paths drop the same entries for the same seed. */
+#define HAVE_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define MAX_TOKENS 1024
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t bytes_per_row[16];
+    uint8_t rows[16];
+} TileConfig;
+
+static void configure_tiles(void) { /* eight 16 x 64-byte tiles: 4 accumulators, 2 of A, 2 of B */
+    TileConfig config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        config.bytes_per_row[t] = 64;
+        config.rows[t] = 16;
+    }
+    _tile_loadconfig(&config);
+}
+
+static int amx_permitted(void) { /* Linux hands out AMX's 8 KB of tile state only on request */
+    static int state = -1;
+    if (state < 0) state = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return state;
+}
+
+static inline int64_t round32(int64_t n) { return (n + 31) & ~(int64_t)31; }
+
+/* c (m x n, fp32, row stride ldc) = a (m x k, bf16, row stride lda) @ b, with b (k x n) stored in pairs of
+ * rows ("VNNI": element (r, j) at b[(r / 2) * 2n + 2j + r % 2]). m, n and k are multiples of 32. */
+static void matmul_amx(const uint16_t *a, int64_t lda, const uint16_t *b, float *c, int64_t ldc, int64_t m,
+                       int64_t n, int64_t k) {
+    for (int64_t i = 0; i < m; i += 32) {
+        for (int64_t j = 0; j < n; j += 32) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t r = 0; r < k; r += 32) {
+                _tile_loadd(4, a + i * lda + r, lda * 2);
+                _tile_loadd(5, a + (i + 16) * lda + r, lda * 2);
+                _tile_loadd(6, b + r * n + 2 * j, n * 4);
+                _tile_loadd(7, b + r * n + 2 * (j + 16), n * 4);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, c + i * ldc + j, ldc * 4);
+            _tile_stored(1, c + i * ldc + j + 16, ldc * 4);
+            _tile_stored(2, c + (i + 16) * ldc + j, ldc * 4);
+            _tile_stored(3, c + (i + 16) * ldc + j + 16, ldc * 4);
+        }
+    }
+}
+
+/* dst (rows_pad x cols_pad, row-major) = src (rows x cols, row stride ld), zero-padded. */
+static void pack_rows(const uint16_t *src, int64_t ld, int64_t rows, int64_t cols, uint16_t *dst, int64_t rows_pad,
+                      int64_t cols_pad) {
+    for (int64_t i = 0; i < rows_pad; i++) {
+        uint16_t *row = dst + i * cols_pad;
+        if (i < rows) {
+            memcpy(row, src + i * ld, sizeof(uint16_t) * (size_t)cols);
+            memset(row + cols, 0, sizeof(uint16_t) * (size_t)(cols_pad - cols));
+        } else {
+            memset(row, 0, sizeof(uint16_t) * (size_t)cols_pad);
+        }
+    }
+}
+
+static inline __mmask16 lanes_from(int64_t j, int64_t n) { return j < n ? lanes(j, n) : 0; }
+
+/* 16 rows of 16 32-bit words, transposed in registers. */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int i = 0; i < 2; i++) {
+        for (int k = 0; k < 4; k++) {
+            t[8 * i + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
+            t[8 * i + 4 + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0xdd);
+        }
+    }
+    for (int k = 0; k < 8; k++) {
+        r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xdd);
+    }
+}
+
+/* Loads words [col, col + 16) of rows [row, row + 16) of a (rows x cols) matrix of 32-bit words (row stride
+ * ld), zeros outside it, and transposes them: r[x] = column col + x of those rows. */
+static inline void load_transposed16(const uint32_t *words, int64_t ld, int64_t rows, int64_t cols, int64_t row,
+                                     int64_t col, __m512i r[16]) {
+    const __mmask16 valid = lanes_from(col, cols);
+    for (int y = 0; y < 16; y++)
+        r[y] = row + y < rows ? _mm512_maskz_loadu_epi32(valid, words + (row + y) * ld + col) : _mm512_setzero_si512();
+    transpose16(r);
+}
+
+/* dst (cols_pad x rows_pad, row-major) = the transpose of src (rows x cols bf16, row stride ld; cols and ld
+ * even), zero-padded: pairs of columns transposed as 32-bit words, 32 rows at a time, split by a permute. */
+static void pack_transposed(const uint16_t *src, int64_t ld, int64_t rows, int64_t cols, uint16_t *dst,
+                            int64_t rows_pad, int64_t cols_pad) {
+    uint16_t even_index[32], odd_index[32];
+    for (int t = 0; t < 32; t++) {
+        even_index[t] = (uint16_t)(t < 16 ? 2 * t : 32 + 2 * (t - 16));
+        odd_index[t] = (uint16_t)(even_index[t] + 1);
+    }
+    const __m512i even = _mm512_loadu_si512(even_index), odd = _mm512_loadu_si512(odd_index);
+    const uint32_t *words = (const uint32_t *)src;
+    __m512i top[16], bottom[16];
+    for (int64_t i = 0; i < rows_pad; i += 32) {
+        for (int64_t w = 0; w < cols_pad / 2; w += 16) {
+            load_transposed16(words, ld / 2, rows, cols / 2, i, w, top);
+            load_transposed16(words, ld / 2, rows, cols / 2, i + 16, w, bottom);
+            for (int x = 0; x < 16 && 2 * (w + x) < cols_pad; x++) {
+                int64_t c = 2 * (w + x);
+                _mm512_storeu_si512(dst + c * rows_pad + i, _mm512_permutex2var_epi16(top[x], even, bottom[x]));
+                _mm512_storeu_si512(dst + (c + 1) * rows_pad + i, _mm512_permutex2var_epi16(top[x], odd, bottom[x]));
+            }
+        }
+    }
+}
+
+/* The pairs layout of a row-major matrix (rows_pad x cols_pad, both even): rows 2r and 2r + 1 interleaved. */
+static void interleave_rows(const uint16_t *src, int64_t rows_pad, int64_t cols_pad, uint16_t *dst) {
+    __m512i low = _mm512_setzero_si512(), high = _mm512_setzero_si512();
+    uint16_t lo_index[32], hi_index[32];
+    for (int t = 0; t < 16; t++) {
+        lo_index[2 * t] = (uint16_t)t;
+        lo_index[2 * t + 1] = (uint16_t)(32 + t);
+        hi_index[2 * t] = (uint16_t)(16 + t);
+        hi_index[2 * t + 1] = (uint16_t)(48 + t);
+    }
+    low = _mm512_loadu_si512(lo_index);
+    high = _mm512_loadu_si512(hi_index);
+    for (int64_t r = 0; r < rows_pad; r += 2) {
+        const uint16_t *even = src + r * cols_pad, *odd = even + cols_pad;
+        uint16_t *out = dst + r * cols_pad;
+        for (int64_t j = 0; j < cols_pad; j += 32) {
+            __m512i a = _mm512_loadu_si512(even + j), b = _mm512_loadu_si512(odd + j);
+            _mm512_storeu_si512(out + 2 * j, _mm512_permutex2var_epi16(a, low, b));
+            _mm512_storeu_si512(out + 2 * j + 32, _mm512_permutex2var_epi16(a, high, b));
+        }
+    }
+}
+
+/* The pairs layout of the transpose of src (rows x cols, row stride ld; cols and ld even): element (c, i) =
+ * src[i][c] at dst[(c / 2) * 2 rows_pad + 2i + c % 2], a transpose of 32-bit pairs, zero-padded. */
+static void pack_transposed_pairs(const uint16_t *src, int64_t ld, int64_t rows, int64_t cols, uint16_t *dst,
+                                  int64_t rows_pad, int64_t cols_pad) {
+    const uint32_t *words = (const uint32_t *)src;
+    uint32_t *out = (uint32_t *)dst;
+    __m512i r[16];
+    for (int64_t i = 0; i < rows_pad; i += 16) {
+        for (int64_t w = 0; w < cols_pad / 2; w += 16) {
+            load_transposed16(words, ld / 2, rows, cols / 2, i, w, r);
+            for (int x = 0; x < 16 && w + x < cols_pad / 2; x++) _mm512_storeu_si512(out + (w + x) * rows_pad + i, r[x]);
+        }
+    }
+}
+
+typedef struct {
+    const uint16_t *qkv, *grad_out;
+    uint16_t *out, *grad_qkv;
+    float *row_max, *row_inverse;
+    int64_t batch, tokens, heads, head_dim, first, last; /* this thread's (image, head) pairs: [first, last) */
+    uint64_t seed;
+    uint32_t threshold;
+    float score_scale, out_scale;
+    int status;
+} AttentionJob;
+
+/* Softmax and dropout of row i of scores (fp32, unscaled, n valid of n_pad), into dropped (bf16, zero-padded);
+ * keeps the row's max and 1/sum for the backward. */
+static void attention_row_forward(const AttentionJob *job, const float *scores, int64_t n, int64_t n_pad,
+                                  uint64_t index, float *row, uint16_t *dropped, float *row_max,
+                                  float *row_inverse) {
+    const __m512 score_scale = _mm512_set1_ps(job->score_scale);
+    const uint32_t key0 = (uint32_t)job->seed, key1 = (uint32_t)(job->seed >> 32);
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 valid = lanes(j, n);
+        __m512 value = _mm512_mul_ps(_mm512_maskz_loadu_ps(valid, scores + j), score_scale);
+        _mm512_storeu_ps(row + j, value);
+        top = _mm512_mask_max_ps(top, valid, top, value);
+    }
+    const float maximum = _mm512_reduce_max_ps(top);
+    const __m512 row_top = _mm512_set1_ps(maximum);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        __m512 e = _mm512_maskz_mov_ps(lanes(j, n), exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(row + j), row_top)));
+        _mm512_storeu_ps(row + j, e);
+        total = _mm512_add_ps(total, e);
+    }
+    const float inverse = 1.0f / _mm512_reduce_add_ps(total);
+    const __m512 row_inverse16 = _mm512_set1_ps(inverse), out_scale = _mm512_set1_ps(job->out_scale);
+    for (int64_t j = 0; j < n_pad; j += 16) { /* as the row kernel: (e * 1/sum) * 1/(1-p), then to bf16 */
+        __mmask16 keep = j < n ? lanes(j, n) & keep16(index + (uint64_t)j, key0, key1, job->threshold) : 0;
+        __m512 value = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(row + j), row_inverse16), out_scale);
+        _mm256_storeu_si256((__m256i *)(dropped + j), _mm256_maskz_mov_epi16(keep, to_bf16x16(value)));
+    }
+    *row_max = maximum;
+    *row_inverse = inverse;
+}
+
+/* The backward of row i: recomputes prob from the scores and the row's max and 1/sum, writes the dropped
+ * weights (for grad V) and grad_scores (bf16, zero-padded), given grad_dropped (fp32) for the row. */
+static void attention_row_backward(const AttentionJob *job, const float *scores, const float *grad_dropped,
+                                   int64_t n, int64_t n_pad, uint64_t index, float maximum, float inverse,
+                                   float *prob, float *grad, uint16_t *dropped, uint16_t *grad_scores) {
+    const uint32_t key0 = (uint32_t)job->seed, key1 = (uint32_t)(job->seed >> 32);
+    const __m512 score_scale = _mm512_set1_ps(job->score_scale), out_scale = _mm512_set1_ps(job->out_scale);
+    const __m512 row_top = _mm512_set1_ps(maximum), row_inverse = _mm512_set1_ps(inverse);
+    __m512 dot = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_pad; j += 16) {
+        __mmask16 valid = j < n ? lanes(j, n) : 0;
+        __mmask16 keep = valid & keep16(index + (uint64_t)j, key0, key1, job->threshold);
+        __m512 shifted = _mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(valid, scores + j), score_scale), row_top);
+        __m512 p = _mm512_maskz_mul_ps(valid, exp_nonpositive16(shifted), row_inverse);
+        __m512 g = _mm512_maskz_mul_ps(keep, _mm512_maskz_loadu_ps(valid, grad_dropped + j), out_scale);
+        _mm256_storeu_si256((__m256i *)(dropped + j), _mm256_maskz_mov_epi16(keep, to_bf16x16(_mm512_mul_ps(p, out_scale))));
+        _mm512_storeu_ps(prob + j, p);
+        _mm512_storeu_ps(grad + j, g);
+        dot = _mm512_fmadd_ps(g, p, dot);
+    }
+    const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
+    for (int64_t j = 0; j < n_pad; j += 16) {
+        __m512 p = _mm512_mul_ps(_mm512_loadu_ps(prob + j), score_scale);
+        __m512 result = _mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(grad + j), total));
+        _mm256_storeu_si256((__m256i *)(grad_scores + j), to_bf16x16(result));
+    }
+}
+
+typedef struct { /* a thread's buffers, for tokens and head_dim rounded up to 32 */
+    float *scores, *grad_dropped, *result, *row_a, *row_b;
+    uint16_t *q, *keys_t, *values, *keys, *values_t, *grad_out, *grad_out_t, *q_t, *dropped, *dropped_pairs,
+        *grad_scores, *grad_scores_pairs;
+    void *memory;
+} Scratch;
+
+static int scratch_alloc(Scratch *s, int64_t n, int64_t d) {
+    size_t floats = (size_t)(2 * n * n + n * d + 2 * n + 32), halves = (size_t)(8 * n * d + 4 * n * n + 64);
+    char *memory = (char *)aligned_alloc(64, ((floats * 4 + halves * 2) / 64 + 2) * 64);
+    if (memory == NULL) return 1;
+    s->memory = memory;
+    float *f = (float *)memory;
+    s->scores = f; f += n * n;
+    s->grad_dropped = f; f += n * n;
+    s->result = f; f += n * d;
+    s->row_a = f; f += n + 16;
+    s->row_b = f; f += n + 16;
+    uint16_t *h = (uint16_t *)(((uintptr_t)f + 63) & ~(uintptr_t)63);
+    uint16_t **parts[] = {&s->q, &s->keys_t, &s->values, &s->keys, &s->values_t, &s->grad_out, &s->grad_out_t, &s->q_t};
+    for (int t = 0; t < 8; t++) { *parts[t] = h; h += n * d; }
+    s->dropped = h; h += n * n;
+    s->dropped_pairs = h; h += n * n;
+    s->grad_scores = h; h += n * n;
+    s->grad_scores_pairs = h;
+    return 0;
+}
+
+static void attention_pair_forward(const AttentionJob *job, int64_t pair, Scratch *s) {
+    const int64_t tokens = job->tokens, heads = job->heads, d = job->head_dim, width = heads * d;
+    const int64_t n = round32(tokens), dp = round32(d), image = pair / heads, head = pair % heads;
+    const uint16_t *q = job->qkv + image * tokens * 3 * width + head * d, *k = q + width, *v = q + 2 * width;
+    pack_rows(q, 3 * width, tokens, d, s->q, n, dp);
+    pack_transposed_pairs(k, 3 * width, tokens, d, s->keys_t, n, dp);
+    pack_rows(v, 3 * width, tokens, d, s->values_t, n, dp); /* row-major V, then its pairs layout */
+    interleave_rows(s->values_t, n, dp, s->values);
+    matmul_amx(s->q, dp, s->keys_t, s->scores, n, n, n, dp);
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t *dropped = s->dropped + i * n;
+        if (i < tokens) {
+            attention_row_forward(job, s->scores + i * n, tokens, n, (uint64_t)((pair * tokens + i) * tokens),
+                                  s->row_a, dropped, job->row_max + pair * tokens + i,
+                                  job->row_inverse + pair * tokens + i);
+        } else {
+            memset(dropped, 0, sizeof(uint16_t) * (size_t)n);
+        }
+    }
+    matmul_amx(s->dropped, n, s->values, s->result, dp, n, dp, n);
+    uint16_t *out = job->out + image * tokens * width + head * d;
+    for (int64_t i = 0; i < tokens; i++) {
+        for (int64_t c = 0; c < d; c += 16) {
+            __mmask16 valid = lanes(c, d);
+            _mm256_mask_storeu_epi16(out + i * width + c, valid, to_bf16x16(_mm512_maskz_loadu_ps(valid, s->result + i * dp + c)));
+        }
+    }
+}
+
+/* rows x cols of fp32 result (row stride ld), or of its transpose (result is then cols x rows), into bf16 dst
+ * (row stride dst_ld). */
+static void store_bf16(const float *result, int64_t ld, int64_t rows, int64_t cols, int transposed, uint16_t *dst,
+                       int64_t dst_ld) {
+    if (!transposed) {
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t c = 0; c < cols; c += 16) {
+                __mmask16 valid = lanes(c, cols);
+                _mm256_mask_storeu_epi16(dst + i * dst_ld + c, valid, to_bf16x16(_mm512_maskz_loadu_ps(valid, result + i * ld + c)));
+            }
+        return;
+    }
+    __m512i r[16];
+    for (int64_t c = 0; c < cols; c += 16) {
+        for (int64_t i = 0; i < rows; i += 16) {
+            load_transposed16((const uint32_t *)result, ld, cols, ld, c, i, r); /* r[x]: row i + x, columns c.. */
+            for (int x = 0; x < 16 && i + x < rows; x++)
+                _mm256_mask_storeu_epi16(dst + (i + x) * dst_ld + c, lanes(c, cols), to_bf16x16(_mm512_castsi512_ps(r[x])));
+        }
+    }
+}
+
+static void attention_pair_backward(const AttentionJob *job, int64_t pair, Scratch *s) {
+    const int64_t tokens = job->tokens, heads = job->heads, d = job->head_dim, width = heads * d;
+    const int64_t n = round32(tokens), dp = round32(d), image = pair / heads, head = pair % heads;
+    const int64_t offset = image * tokens * 3 * width + head * d;
+    const uint16_t *q = job->qkv + offset, *k = q + width, *v = q + 2 * width;
+    const uint16_t *grad_out = job->grad_out + image * tokens * width + head * d;
+    pack_rows(q, 3 * width, tokens, d, s->q, n, dp);
+    pack_transposed_pairs(k, 3 * width, tokens, d, s->keys_t, n, dp);
+    matmul_amx(s->q, dp, s->keys_t, s->scores, n, n, n, dp); /* the forward's scores, bit for bit */
+    pack_rows(grad_out, width, tokens, d, s->grad_out, n, dp);
+    pack_transposed_pairs(v, 3 * width, tokens, d, s->values_t, n, dp);
+    matmul_amx(s->grad_out, dp, s->values_t, s->grad_dropped, n, n, n, dp); /* grad of the dropped weights */
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t *dropped = s->dropped + i * n, *grad_scores = s->grad_scores + i * n;
+        if (i < tokens) {
+            attention_row_backward(job, s->scores + i * n, s->grad_dropped + i * n, tokens, n,
+                                   (uint64_t)((pair * tokens + i) * tokens), job->row_max[pair * tokens + i],
+                                   job->row_inverse[pair * tokens + i], s->row_a, s->row_b, dropped, grad_scores);
+        } else {
+            memset(dropped, 0, sizeof(uint16_t) * (size_t)n);
+            memset(grad_scores, 0, sizeof(uint16_t) * (size_t)n);
+        }
+    }
+    interleave_rows(s->dropped, n, n, s->dropped_pairs);
+    interleave_rows(s->grad_scores, n, n, s->grad_scores_pairs);
+    uint16_t *grad_q = job->grad_qkv + offset, *grad_k = grad_q + width, *grad_v = grad_q + 2 * width;
+    /* grad V^T = grad_out^T dropped */
+    pack_transposed(grad_out, width, tokens, d, s->grad_out_t, n, dp);
+    matmul_amx(s->grad_out_t, n, s->dropped_pairs, s->result, n, dp, n, n);
+    store_bf16(s->result, n, tokens, d, 1, grad_v, 3 * width);
+    /* grad Q = grad_scores K */
+    pack_rows(k, 3 * width, tokens, d, s->values_t, n, dp); /* row-major K (values_t is free again) */
+    interleave_rows(s->values_t, n, dp, s->keys);
+    matmul_amx(s->grad_scores, n, s->keys, s->result, dp, n, dp, n);
+    store_bf16(s->result, dp, tokens, d, 0, grad_q, 3 * width);
+    /* grad K^T = Q^T grad_scores */
+    pack_transposed(q, 3 * width, tokens, d, s->q_t, n, dp);
+    matmul_amx(s->q_t, n, s->grad_scores_pairs, s->result, n, dp, n, n);
+    store_bf16(s->result, n, tokens, d, 1, grad_k, 3 * width);
+}
+
+static void *attention_task(void *arg) {
+    AttentionJob *job = (AttentionJob *)arg;
+    Scratch scratch;
+    if (scratch_alloc(&scratch, round32(job->tokens), round32(job->head_dim)) != 0) {
+        job->status = 1;
+        return NULL;
+    }
+    configure_tiles();
+    for (int64_t pair = job->first; pair < job->last; pair++) {
+        if (job->grad_out != NULL) attention_pair_backward(job, pair, &scratch);
+        else attention_pair_forward(job, pair, &scratch);
+    }
+    _tile_release();
+    free(scratch.memory);
+    job->status = 0;
+    return NULL;
+}
+
+static int run_attention(const AttentionJob *whole, int threads) {
+    if (!amx_permitted() || whole->tokens < 1 || whole->tokens > MAX_TOKENS || whole->head_dim < 1) return 2;
+    const int64_t pairs = whole->batch * whole->heads;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (pairs < threads) threads = pairs > 0 ? (int)pairs : 1;
+    AttentionJob jobs[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = *whole;
+        jobs[t].first = pairs * t / threads;
+        jobs[t].last = pairs * (t + 1) / threads;
+        jobs[t].status = 1;
+    }
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, attention_task, &jobs[t]) == 0;
+    attention_task(&jobs[0]);
+    int status = jobs[0].status;
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(handles[t], NULL);
+        else attention_task(&jobs[t]);
+        status |= jobs[t].status;
+    }
+    return status;
+}
+#endif
+
+/* 1 where this build has the fused attention (AMX) and the kernel grants it, else 0. */
+int cct_attention_available(void) {
+#ifdef HAVE_AMX
+    return amx_permitted();
+#else
+    return 0;
+#endif
+}
+
+/* out = dropout(softmax(scale * q k^T)) v for every (image, head); 0 on success, 1 out of memory, 2 not
+ * available here (no AMX, or more than MAX_TOKENS tokens). row_max and row_inverse: (batch, heads, tokens). */
+int cct_attention_forward(const void *qkv, void *out, float *row_max, float *row_inverse, int64_t batch,
+                          int64_t tokens, int64_t heads, int64_t head_dim, uint64_t seed, uint32_t threshold,
+                          float score_scale, float out_scale, int threads) {
+#ifdef HAVE_AMX
+    AttentionJob job = {(const uint16_t *)qkv, NULL, (uint16_t *)out, NULL, row_max, row_inverse, batch, tokens,
+                        heads, head_dim, 0, 0, seed, threshold, score_scale, out_scale, 1};
+    return run_attention(&job, threads);
+#else
+    (void)qkv; (void)out; (void)row_max; (void)row_inverse; (void)batch; (void)tokens; (void)heads;
+    (void)head_dim; (void)seed; (void)threshold; (void)score_scale; (void)out_scale; (void)threads;
+    return 2;
+#endif
+}
+
+/* grad_qkv (batch, tokens, 3, heads, head_dim) of the forward above, given grad_out; same return codes. */
+int cct_attention_backward(const void *qkv, const void *grad_out, const float *row_max, const float *row_inverse,
+                           void *grad_qkv, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
+                           uint64_t seed, uint32_t threshold, float score_scale, float out_scale, int threads) {
+#ifdef HAVE_AMX
+    AttentionJob job = {(const uint16_t *)qkv, (const uint16_t *)grad_out, NULL, (uint16_t *)grad_qkv,
+                        (float *)row_max, (float *)row_inverse, batch, tokens, heads, head_dim, 0, 0, seed,
+                        threshold, score_scale, out_scale, 1};
+    return run_attention(&job, threads);
+#else
+    (void)qkv; (void)grad_out; (void)row_max; (void)row_inverse; (void)grad_qkv; (void)batch; (void)tokens;
+    (void)heads; (void)head_dim; (void)seed; (void)threshold; (void)score_scale; (void)out_scale; (void)threads;
+    return 2;
 #endif
 }

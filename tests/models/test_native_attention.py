@@ -1,0 +1,149 @@
+"""The fused attention kernel (AMX CPUs): forward and gradients against a float64 reference that applies the
+mask softmax_dropout draws, padding of odd token counts and head widths, determinism, and where the Attention
+module takes it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compact_transformers.errors import ConfigError
+from compact_transformers.models import native
+from compact_transformers.models.layers import (
+    Attention, native_attention, native_attention_available, softmax_dropout_keep_mask,
+)
+
+needs_amx = pytest.mark.skipif(not native.attention_available(), reason="no AMX (or no C compiler) here")
+
+
+def _reference(qkv: torch.Tensor, heads: int, p: float, scale: float, seed: int) -> torch.Tensor:
+    """The same function in float64 with torch's operators and the mask the row kernel draws for ``seed``."""
+    batch, tokens, width = qkv.shape
+    dim = width // 3
+    q, k, v = qkv.double().reshape(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    weights = ((q @ k.transpose(-1, -2)) * scale).softmax(-1)
+    if p > 0:
+        torch.manual_seed(seed)
+        keep = softmax_dropout_keep_mask(torch.empty(weights.shape, dtype=torch.bfloat16), p, kernel="native")
+        weights = weights * keep / (1 - p)
+    return (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
+
+
+@needs_amx
+@pytest.mark.parametrize("batch,tokens,heads,head_dim,p", [
+    (3, 49, 2, 64, 0.1),   # CCT-2 on 28x28 images: 49 tokens, padded to 64 inside
+    (2, 64, 4, 64, 0.0),
+    (2, 256, 4, 64, 0.3),
+    (1, 17, 1, 16, 0.5),   # head width padded to 32
+    (2, 33, 3, 40, 0.1),
+    (1, 1, 2, 32, 0.1),    # one token
+])
+def test_forward_and_gradients_match_the_reference(batch: int, tokens: int, heads: int, head_dim: int,
+                                                   p: float) -> None:
+    torch.manual_seed(0)
+    qkv = torch.randn(batch, tokens, 3 * heads * head_dim).to(torch.bfloat16).requires_grad_(True)
+    grad = torch.randn(batch, tokens, heads * head_dim).to(torch.bfloat16)
+    torch.manual_seed(5)
+    out = native_attention(qkv, heads, p, head_dim**-0.5)
+    out.backward(grad)
+    reference_input = qkv.detach().double().requires_grad_(True)
+    reference = _reference(reference_input, heads, p, head_dim**-0.5, seed=5)
+    reference.backward(grad.double())
+    assert out.dtype == torch.bfloat16 and out.shape == reference.shape
+    # bf16 inputs and outputs: errors of a few bf16 ulps of the largest value
+    assert (out.double() - reference).abs().max() <= 0.01 * reference.abs().max()
+    assert (qkv.grad.double() - reference_input.grad).abs().max() <= 0.01 * reference_input.grad.abs().max()
+    if p > 0 and tokens > 8:  # a different mask would be far off: the reference really uses the kernel's mask
+        torch.manual_seed(6)
+        other = native_attention(qkv.detach(), heads, p, head_dim**-0.5)
+        assert (other.double() - reference).abs().max() > 0.05 * reference.abs().max()
+
+
+@needs_amx
+def test_seeding_fixes_the_result_and_threads_do_not_change_a_bit() -> None:
+    torch.manual_seed(0)
+    qkv = torch.randn(4, 40, 3 * 128).to(torch.bfloat16)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, threads, 3):
+            torch.set_num_threads(count)
+            torch.manual_seed(1)
+            results.append(native_attention(qkv, 2, 0.2, 0.125))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], other) for other in results[1:])
+    assert not torch.equal(native_attention(qkv, 2, 0.2, 0.125), results[0])  # the generator moved on
+
+
+@needs_amx
+def test_no_dropout_draws_nothing_from_the_generator() -> None:
+    qkv = torch.randn(2, 16, 3 * 64).to(torch.bfloat16)
+    torch.manual_seed(3)
+    native_attention(qkv, 2, 0.0, 0.125)
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    assert torch.equal(torch.rand(1), after)
+
+
+def _graph_names(node) -> set[str]:
+    names, seen, stack = set(), set(), [node]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            names.add(type(node).__name__)
+            stack.extend(parent for parent, _ in node.next_functions)
+    return names
+
+
+@needs_amx
+def test_training_attention_takes_the_kernel_and_agrees_with_the_explicit_path() -> None:
+    torch.manual_seed(0)
+    fused = Attention(dim=128, num_heads=2, attn_dropout=0.1, impl="auto").train()
+    explicit = Attention(dim=128, num_heads=2, attn_dropout=0.1, impl="explicit").train()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 50, 128)
+    outputs, grads, backward_nodes = [], [], []
+    for module in (fused, explicit):
+        torch.manual_seed(7)  # the same seed: both draw one 64-bit seed per call, so the same mask
+        inputs = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(inputs)
+        out.float().square().sum().backward()
+        outputs.append(out.float())
+        grads.append(inputs.grad)
+        backward_nodes.append(_graph_names(out.grad_fn))
+    assert "_NativeAttentionBackward" in backward_nodes[0] and "_NativeAttentionBackward" not in backward_nodes[1]
+    scale = outputs[1].abs().max()
+    # the explicit path rounds the scores to bf16 before the softmax, the kernel keeps them in fp32
+    assert (outputs[0] - outputs[1]).abs().max() <= 0.03 * scale
+    assert (grads[0] - grads[1]).abs().max() <= 0.03 * grads[1].abs().max()
+
+
+def test_where_the_kernel_is_not_taken() -> None:
+    bf16 = torch.empty(2, 8, 96, dtype=torch.bfloat16)
+    assert not native_attention_available(bf16.float())  # fp32 training keeps torch's arithmetic
+    assert not native_attention_available(torch.empty(2, 1025, 96, dtype=torch.bfloat16))  # over MAX_TOKENS
+    assert not native_attention_available(torch.empty(0, 8, 96, dtype=torch.bfloat16))
+    assert native_attention_available(bf16) == native.attention_available()
+
+
+@needs_amx
+def test_a_masked_or_evaluating_attention_does_not_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from compact_transformers.models import layers
+
+    taken = []
+    monkeypatch.setattr(layers, "native_attention", lambda *args, **kwargs: taken.append(1))
+    module = Attention(dim=64, num_heads=2, attn_dropout=0.1).train()
+    x = torch.randn(2, 8, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module(x, attn_mask=torch.ones(2, 8, dtype=torch.bool))
+        module(x, need_weights=True)
+        module.eval()(x)
+    assert not taken
+
+
+def test_bad_probability_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        native_attention(torch.empty(1, 4, 96, dtype=torch.bfloat16), 2, 1.0, 0.125)
