@@ -184,8 +184,8 @@ class _NativeSoftmaxDropout(torch.autograd.Function):
 class _NativeAttention(torch.autograd.Function):
     """``dropout(softmax(scale * q k^T)) v`` of every head, straight from the qkv projection's (B, N, 3·D) bf16
     output to the (B, N, D) input of the output projection, in the C kernel of :mod:`.native` on CPUs with
-    AMX: each (image, head) is computed in the thread's cache, so no N x N matrix is written to memory or saved
-    for the backward (which recomputes the scores). The dropout mask is the one ``softmax_dropout`` draws
+    AMX: each (image, head) is computed in the thread's cache, so no N x N matrix is written to memory; the
+    backward recomputes the scores from q and k and reads the mask from 1 bit per entry that the forward saved. The dropout mask is the one ``softmax_dropout`` draws
     for these scores, for the same seed."""
 
     @staticmethod
@@ -196,12 +196,13 @@ class _NativeAttention(torch.autograd.Function):
         dim = width // 3
         out = qkv.new_empty(batch, tokens, dim)
         stats = torch.empty(2, batch, heads, tokens, dtype=torch.float32)  # each row's max and 1/sum
+        keep_bits = torch.empty(batch, heads, tokens, (tokens + 15) // 16, dtype=torch.int16)  # the mask, 1/16 byte
         seed, threshold = _native_seed_and_threshold(p) if p > 0 else (0, 0)  # p = 0 draws nothing, as nn.Dropout
         status = native.softmax_dropout_library().cct_attention_forward(
-            qkv.data_ptr(), out.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), batch, tokens, heads,
-            dim // heads, seed, threshold, scale, 1.0 / (1.0 - p), torch.get_num_threads())
+            qkv.data_ptr(), out.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), keep_bits.data_ptr(), batch,
+            tokens, heads, dim // heads, seed, threshold, scale, 1.0 / (1.0 - p), torch.get_num_threads())
         _check_native_status(status)
-        ctx.save_for_backward(qkv, stats)
+        ctx.save_for_backward(qkv, stats, keep_bits)
         ctx.heads, ctx.seed, ctx.threshold, ctx.p, ctx.scale = heads, seed, threshold, p, scale
         return out
 
@@ -209,14 +210,14 @@ class _NativeAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx,
                  grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        qkv, stats = ctx.saved_tensors
+        qkv, stats, keep_bits = ctx.saved_tensors
         grad = grad.to(qkv.dtype).contiguous()
         grad_qkv = torch.empty_like(qkv)
         batch, tokens, width = qkv.shape
         status = native.softmax_dropout_library().cct_attention_backward(
-            qkv.data_ptr(), grad.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), grad_qkv.data_ptr(), batch,
-            tokens, ctx.heads, width // 3 // ctx.heads, ctx.seed, ctx.threshold, ctx.scale, 1.0 / (1.0 - ctx.p),
-            torch.get_num_threads())
+            qkv.data_ptr(), grad.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), keep_bits.data_ptr(),
+            grad_qkv.data_ptr(), batch, tokens, ctx.heads, width // 3 // ctx.heads, ctx.seed, ctx.threshold,
+            ctx.scale, 1.0 / (1.0 - ctx.p), torch.get_num_threads())
         _check_native_status(status)
         return grad_qkv, None, None, None
 

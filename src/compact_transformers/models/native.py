@@ -57,8 +57,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.cct_attention_available.restype = ctypes.c_int
     sizes = [ctypes.c_int64] * 4  # batch, tokens, heads, head_dim
     draw = [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_float, ctypes.c_int]
-    library.cct_attention_forward.argtypes = [ctypes.c_void_p] * 4 + sizes + draw
-    library.cct_attention_backward.argtypes = [ctypes.c_void_p] * 5 + sizes + draw
+    library.cct_attention_forward.argtypes = [ctypes.c_void_p] * 5 + sizes + draw
+    library.cct_attention_backward.argtypes = [ctypes.c_void_p] * 6 + sizes + draw
     library.cct_attention_forward.restype = library.cct_attention_backward.restype = ctypes.c_int
     return library
 

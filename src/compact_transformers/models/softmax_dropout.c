@@ -540,6 +540,8 @@ typedef struct {
     const uint16_t *qkv, *grad_out;
     uint16_t *out, *grad_qkv;
     float *row_max, *row_inverse;
+    uint16_t *keep_bits; /* (batch, heads, tokens, ceil(tokens / 16)): the forward's mask, read by the backward */
+    int staged; /* the thread has whole images: it writes each image's result in its cache, then streams it out */
     int64_t batch, tokens, heads, head_dim, first, last; /* this thread's (image, head) pairs: [first, last) */
     uint64_t seed;
     uint32_t threshold;
@@ -550,7 +552,7 @@ typedef struct {
 /* Softmax and dropout of row i of scores (fp32, unscaled, n valid of n_pad), into dropped (bf16, zero-padded);
  * keeps the row's max and 1/sum for the backward. */
 static void attention_row_forward(const AttentionJob *job, const float *scores, int64_t n, int64_t n_pad,
-                                  uint64_t index, float *row, uint16_t *dropped, float *row_max,
+                                  uint64_t index, uint16_t *keep_bits, float *row, uint16_t *dropped, float *row_max,
                                   float *row_inverse) {
     const __m512 score_scale = _mm512_set1_ps(job->score_scale);
     const uint32_t key0 = (uint32_t)job->seed, key1 = (uint32_t)(job->seed >> 32);
@@ -573,6 +575,7 @@ static void attention_row_forward(const AttentionJob *job, const float *scores, 
     const __m512 row_inverse16 = _mm512_set1_ps(inverse), out_scale = _mm512_set1_ps(job->out_scale);
     for (int64_t j = 0; j < n_pad; j += 16) { /* as the row kernel: (e * 1/sum) * 1/(1-p), then to bf16 */
         __mmask16 keep = j < n ? lanes(j, n) & keep16(index + (uint64_t)j, key0, key1, job->threshold) : 0;
+        if (j < n) keep_bits[j / 16] = keep;
         __m512 value = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(row + j), row_inverse16), out_scale);
         _mm256_storeu_si256((__m256i *)(dropped + j), _mm256_maskz_mov_epi16(keep, to_bf16x16(value)));
     }
@@ -583,15 +586,14 @@ static void attention_row_forward(const AttentionJob *job, const float *scores, 
 /* The backward of row i: recomputes prob from the scores and the row's max and 1/sum, writes the dropped
  * weights (for grad V) and grad_scores (bf16, zero-padded), given grad_dropped (fp32) for the row. */
 static void attention_row_backward(const AttentionJob *job, const float *scores, const float *grad_dropped,
-                                   int64_t n, int64_t n_pad, uint64_t index, float maximum, float inverse,
+                                   int64_t n, int64_t n_pad, const uint16_t *keep_bits, float maximum, float inverse,
                                    float *prob, float *grad, uint16_t *dropped, uint16_t *grad_scores) {
-    const uint32_t key0 = (uint32_t)job->seed, key1 = (uint32_t)(job->seed >> 32);
     const __m512 score_scale = _mm512_set1_ps(job->score_scale), out_scale = _mm512_set1_ps(job->out_scale);
     const __m512 row_top = _mm512_set1_ps(maximum), row_inverse = _mm512_set1_ps(inverse);
     __m512 dot = _mm512_setzero_ps();
     for (int64_t j = 0; j < n_pad; j += 16) {
         __mmask16 valid = j < n ? lanes(j, n) : 0;
-        __mmask16 keep = valid & keep16(index + (uint64_t)j, key0, key1, job->threshold);
+        __mmask16 keep = j < n ? keep_bits[j / 16] : 0;
         __m512 shifted = _mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(valid, scores + j), score_scale), row_top);
         __m512 p = _mm512_maskz_mul_ps(valid, exp_nonpositive16(shifted), row_inverse);
         __m512 g = _mm512_maskz_mul_ps(keep, _mm512_maskz_loadu_ps(valid, grad_dropped + j), out_scale);
@@ -611,12 +613,12 @@ static void attention_row_backward(const AttentionJob *job, const float *scores,
 typedef struct { /* a thread's buffers, for tokens and head_dim rounded up to 32 */
     float *scores, *grad_dropped, *result, *row_a, *row_b;
     uint16_t *q, *keys_t, *values, *keys, *values_t, *grad_out, *grad_out_t, *q_t, *dropped, *dropped_pairs,
-        *grad_scores, *grad_scores_pairs;
+        *grad_scores, *grad_scores_pairs, *image;
     void *memory;
 } Scratch;
 
-static int scratch_alloc(Scratch *s, int64_t n, int64_t d) {
-    size_t floats = (size_t)(2 * n * n + n * d + 2 * n + 32), halves = (size_t)(8 * n * d + 4 * n * n + 64);
+static int scratch_alloc(Scratch *s, int64_t n, int64_t d, int64_t image_size) {
+    size_t floats = (size_t)(2 * n * n + n * d + 2 * n + 32), halves = (size_t)(8 * n * d + 4 * n * n + image_size + 96);
     char *memory = (char *)aligned_alloc(64, ((floats * 4 + halves * 2) / 64 + 2) * 64);
     if (memory == NULL) return 1;
     s->memory = memory;
@@ -632,8 +634,19 @@ static int scratch_alloc(Scratch *s, int64_t n, int64_t d) {
     s->dropped = h; h += n * n;
     s->dropped_pairs = h; h += n * n;
     s->grad_scores = h; h += n * n;
-    s->grad_scores_pairs = h;
+    s->grad_scores_pairs = h; h += n * n;
+    s->image = (uint16_t *)(((uintptr_t)h + 63) & ~(uintptr_t)63);
     return 0;
+}
+
+/* dst = src, count bf16 values, with stores that skip the cache (no read of the lines they fill) where dst is
+ * aligned to a cache line. */
+static void stream_out(uint16_t *dst, const uint16_t *src, int64_t count) {
+    int64_t done = 0;
+    if (((uintptr_t)dst & 63) == 0) {
+        for (; done + 32 <= count; done += 32) _mm512_stream_si512((void *)(dst + done), _mm512_loadu_si512(src + done));
+    }
+    memcpy(dst + done, src + done, sizeof(uint16_t) * (size_t)(count - done));
 }
 
 static void attention_pair_forward(const AttentionJob *job, int64_t pair, Scratch *s) {
@@ -649,6 +662,7 @@ static void attention_pair_forward(const AttentionJob *job, int64_t pair, Scratc
         uint16_t *dropped = s->dropped + i * n;
         if (i < tokens) {
             attention_row_forward(job, s->scores + i * n, tokens, n, (uint64_t)((pair * tokens + i) * tokens),
+                                  job->keep_bits + (pair * tokens + i) * ((tokens + 15) / 16),
                                   s->row_a, dropped, job->row_max + pair * tokens + i,
                                   job->row_inverse + pair * tokens + i);
         } else {
@@ -656,13 +670,14 @@ static void attention_pair_forward(const AttentionJob *job, int64_t pair, Scratc
         }
     }
     matmul_amx(s->dropped, n, s->values, s->result, dp, n, dp, n);
-    uint16_t *out = job->out + image * tokens * width + head * d;
+    uint16_t *image_out = job->out + image * tokens * width, *out = (job->staged ? s->image : image_out) + head * d;
     for (int64_t i = 0; i < tokens; i++) {
         for (int64_t c = 0; c < d; c += 16) {
             __mmask16 valid = lanes(c, d);
             _mm256_mask_storeu_epi16(out + i * width + c, valid, to_bf16x16(_mm512_maskz_loadu_ps(valid, s->result + i * dp + c)));
         }
     }
+    if (job->staged && head == heads - 1) stream_out(image_out, s->image, tokens * width);
 }
 
 /* rows x cols of fp32 result (row stride ld), or of its transpose (result is then cols x rows), into bf16 dst
@@ -703,7 +718,7 @@ static void attention_pair_backward(const AttentionJob *job, int64_t pair, Scrat
         uint16_t *dropped = s->dropped + i * n, *grad_scores = s->grad_scores + i * n;
         if (i < tokens) {
             attention_row_backward(job, s->scores + i * n, s->grad_dropped + i * n, tokens, n,
-                                   (uint64_t)((pair * tokens + i) * tokens), job->row_max[pair * tokens + i],
+                                   job->keep_bits + (pair * tokens + i) * ((tokens + 15) / 16), job->row_max[pair * tokens + i],
                                    job->row_inverse[pair * tokens + i], s->row_a, s->row_b, dropped, grad_scores);
         } else {
             memset(dropped, 0, sizeof(uint16_t) * (size_t)n);
@@ -712,7 +727,8 @@ static void attention_pair_backward(const AttentionJob *job, int64_t pair, Scrat
     }
     interleave_rows(s->dropped, n, n, s->dropped_pairs);
     interleave_rows(s->grad_scores, n, n, s->grad_scores_pairs);
-    uint16_t *grad_q = job->grad_qkv + offset, *grad_k = grad_q + width, *grad_v = grad_q + 2 * width;
+    uint16_t *image_grad = job->grad_qkv + image * tokens * 3 * width;
+    uint16_t *grad_q = (job->staged ? s->image : image_grad) + head * d, *grad_k = grad_q + width, *grad_v = grad_q + 2 * width;
     /* grad V^T = grad_out^T dropped */
     pack_transposed(grad_out, width, tokens, d, s->grad_out_t, n, dp);
     matmul_amx(s->grad_out_t, n, s->dropped_pairs, s->result, n, dp, n, n);
@@ -726,12 +742,14 @@ static void attention_pair_backward(const AttentionJob *job, int64_t pair, Scrat
     pack_transposed(q, 3 * width, tokens, d, s->q_t, n, dp);
     matmul_amx(s->q_t, n, s->grad_scores_pairs, s->result, n, dp, n, n);
     store_bf16(s->result, n, tokens, d, 1, grad_k, 3 * width);
+    if (job->staged && head == heads - 1) stream_out(image_grad, s->image, tokens * 3 * width);
 }
 
 static void *attention_task(void *arg) {
     AttentionJob *job = (AttentionJob *)arg;
     Scratch scratch;
-    if (scratch_alloc(&scratch, round32(job->tokens), round32(job->head_dim)) != 0) {
+    if (scratch_alloc(&scratch, round32(job->tokens), round32(job->head_dim),
+                      job->staged ? job->tokens * 3 * job->heads * job->head_dim : 0) != 0) {
         job->status = 1;
         return NULL;
     }
@@ -741,6 +759,7 @@ static void *attention_task(void *arg) {
         else attention_pair_forward(job, pair, &scratch);
     }
     _tile_release();
+    _mm_sfence(); /* the streamed stores are visible before the caller reads them */
     free(scratch.memory);
     job->status = 0;
     return NULL;
@@ -755,10 +774,13 @@ static int run_attention(const AttentionJob *whole, int threads) {
     AttentionJob jobs[MAX_THREADS];
     pthread_t handles[MAX_THREADS];
     int started[MAX_THREADS] = {0};
+    /* whole images per thread where there are enough of them (and an image's result fits a cache) */
+    const int staged = whole->batch >= threads && whole->tokens * 3 * whole->heads * whole->head_dim <= (1 << 20);
     for (int t = 0; t < threads; t++) {
         jobs[t] = *whole;
-        jobs[t].first = pairs * t / threads;
-        jobs[t].last = pairs * (t + 1) / threads;
+        jobs[t].staged = staged;
+        jobs[t].first = staged ? whole->batch * t / threads * whole->heads : pairs * t / threads;
+        jobs[t].last = staged ? whole->batch * (t + 1) / threads * whole->heads : pairs * (t + 1) / threads;
         jobs[t].status = 1;
     }
     for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, attention_task, &jobs[t]) == 0;
@@ -783,32 +805,36 @@ int cct_attention_available(void) {
 }
 
 /* out = dropout(softmax(scale * q k^T)) v for every (image, head); 0 on success, 1 out of memory, 2 not
- * available here (no AMX, or more than MAX_TOKENS tokens). row_max and row_inverse: (batch, heads, tokens). */
-int cct_attention_forward(const void *qkv, void *out, float *row_max, float *row_inverse, int64_t batch,
+ * available here (no AMX, or more than MAX_TOKENS tokens). Also writes, for the backward, row_max and
+ * row_inverse (batch, heads, tokens; the scaled scores' max and 1/sum of each row) and keep_bits (batch, heads,
+ * tokens, ceil(tokens / 16) 16-bit words: bit j % 16 of word j / 16 says whether entry j was kept). */
+int cct_attention_forward(const void *qkv, void *out, float *row_max, float *row_inverse, void *keep_bits, int64_t batch,
                           int64_t tokens, int64_t heads, int64_t head_dim, uint64_t seed, uint32_t threshold,
                           float score_scale, float out_scale, int threads) {
 #ifdef HAVE_AMX
-    AttentionJob job = {(const uint16_t *)qkv, NULL, (uint16_t *)out, NULL, row_max, row_inverse, batch, tokens,
-                        heads, head_dim, 0, 0, seed, threshold, score_scale, out_scale, 1};
+    AttentionJob job = {(const uint16_t *)qkv, NULL, (uint16_t *)out, NULL, row_max, row_inverse,
+                        (uint16_t *)keep_bits, 0, batch, tokens, heads, head_dim, 0, 0, seed, threshold,
+                        score_scale, out_scale, 1};
     return run_attention(&job, threads);
 #else
-    (void)qkv; (void)out; (void)row_max; (void)row_inverse; (void)batch; (void)tokens; (void)heads;
+    (void)qkv; (void)out; (void)row_max; (void)row_inverse; (void)keep_bits; (void)batch; (void)tokens; (void)heads;
     (void)head_dim; (void)seed; (void)threshold; (void)score_scale; (void)out_scale; (void)threads;
     return 2;
 #endif
 }
 
-/* grad_qkv (batch, tokens, 3, heads, head_dim) of the forward above, given grad_out; same return codes. */
+/* grad_qkv (batch, tokens, 3, heads, head_dim) of the forward above, given grad_out and what the forward kept
+ * (row_max, row_inverse, keep_bits); same return codes. */
 int cct_attention_backward(const void *qkv, const void *grad_out, const float *row_max, const float *row_inverse,
-                           void *grad_qkv, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
+                           const void *keep_bits, void *grad_qkv, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
                            uint64_t seed, uint32_t threshold, float score_scale, float out_scale, int threads) {
 #ifdef HAVE_AMX
     AttentionJob job = {(const uint16_t *)qkv, (const uint16_t *)grad_out, NULL, (uint16_t *)grad_qkv,
-                        (float *)row_max, (float *)row_inverse, batch, tokens, heads, head_dim, 0, 0, seed,
-                        threshold, score_scale, out_scale, 1};
+                        (float *)row_max, (float *)row_inverse, (uint16_t *)keep_bits, 0, batch, tokens, heads,
+                        head_dim, 0, 0, seed, threshold, score_scale, out_scale, 1};
     return run_attention(&job, threads);
 #else
-    (void)qkv; (void)grad_out; (void)row_max; (void)row_inverse; (void)grad_qkv; (void)batch; (void)tokens;
+    (void)qkv; (void)grad_out; (void)row_max; (void)row_inverse; (void)keep_bits; (void)grad_qkv; (void)batch; (void)tokens;
     (void)heads; (void)head_dim; (void)seed; (void)threshold; (void)score_scale; (void)out_scale; (void)threads;
     return 2;
 #endif
