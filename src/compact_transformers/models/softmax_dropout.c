@@ -783,12 +783,13 @@ static int run_attention(const AttentionJob *whole, int threads) {
         jobs[t].last = staged ? whole->batch * (t + 1) / threads * whole->heads : pairs * (t + 1) / threads;
         jobs[t].status = 1;
     }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, attention_task, &jobs[t]) == 0;
-    attention_task(&jobs[0]);
-    int status = jobs[0].status;
-    for (int t = 1; t < threads; t++) {
+    /* every share on a thread of its own, the caller's included: the caller also runs oneDNN's AMX kernels,
+     * whose tile configuration this one must not touch */
+    for (int t = 0; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, attention_task, &jobs[t]) == 0;
+    int status = 0;
+    for (int t = 0; t < threads; t++) {
         if (started[t]) pthread_join(handles[t], NULL);
-        else attention_task(&jobs[t]);
+        else attention_task(&jobs[t]); /* no thread to be had: here, as a last resort */
         status |= jobs[t].status;
     }
     return status;
