@@ -144,6 +144,18 @@ def test_a_masked_or_evaluating_attention_does_not_take_it(monkeypatch: pytest.M
     assert not taken
 
 
-def test_bad_probability_is_refused() -> None:
+def test_bad_probability_and_shapes_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         native_attention(torch.empty(1, 4, 96, dtype=torch.bfloat16), 2, 1.0, 0.125)
+    with pytest.raises(ConfigError, match="even head_dim"):  # 3 heads of 5
+        native_attention(torch.empty(1, 4, 45, dtype=torch.bfloat16), 3, 0.1, 0.125)
+    with pytest.raises(ConfigError, match="even head_dim"):  # 96 is not 3 x 5 heads x anything
+        native_attention(torch.empty(1, 4, 96, dtype=torch.bfloat16), 5, 0.1, 0.125)
+
+
+@needs_amx
+def test_an_odd_head_width_trains_on_the_explicit_path() -> None:
+    module = Attention(dim=30, num_heads=2, attn_dropout=0.1).train()  # heads of 15
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(torch.randn(2, 8, 30))
+    assert "_NativeAttentionBackward" not in _graph_names(out.grad_fn) and out.shape == (2, 8, 30)

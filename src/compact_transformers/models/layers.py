@@ -68,7 +68,7 @@ class Attention(nn.Module):
         batch, tokens, dim = x.shape
         qkv = self.qkv(x)
         if (self.impl == "auto" and self.training and attn_mask is None and not need_weights
-                and native_attention_available(qkv)):  # CPU training on AMX: the fused kernel
+                and self.head_dim % 2 == 0 and native_attention_available(qkv)):  # CPU training on AMX
             out = native_attention(qkv, self.num_heads, self.attn_dropout, self.scale)
             return self.proj_drop(self.proj(out))
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -185,8 +185,8 @@ class _NativeAttention(torch.autograd.Function):
     """``dropout(softmax(scale * q k^T)) v`` of every head, straight from the qkv projection's (B, N, 3·D) bf16
     output to the (B, N, D) input of the output projection, in the C kernel of :mod:`.native` on CPUs with
     AMX: each (image, head) is computed in the thread's cache, so no N x N matrix is written to memory; the
-    backward recomputes the scores from q and k and reads the mask from 1 bit per entry that the forward saved. The dropout mask is the one ``softmax_dropout`` draws
-    for these scores, for the same seed."""
+    backward recomputes the scores from q and k and reads the mask from 1 bit per entry that the forward saved.
+    The dropout mask is the one ``softmax_dropout`` draws for these scores, for the same seed."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, qkv: torch.Tensor, heads: int, p: float,
@@ -249,6 +249,10 @@ def native_attention(qkv: torch.Tensor, heads: int, p: float, scale: float) -> t
     :func:`native_attention_available`."""
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
+    width = qkv.shape[-1]
+    if qkv.dim() != 3 or width % (3 * heads) or (width // (3 * heads)) % 2:
+        raise ConfigError(f"native attention needs a (batch, tokens, 3 x heads x head_dim) qkv with an even head_dim; "
+                          f"got shape {tuple(qkv.shape)} for {heads} heads")
     return _NativeAttention.apply(qkv, heads, float(p), float(scale))
 
 

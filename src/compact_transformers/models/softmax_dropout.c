@@ -766,7 +766,10 @@ static void *attention_task(void *arg) {
 }
 
 static int run_attention(const AttentionJob *whole, int threads) {
-    if (!amx_permitted() || whole->tokens < 1 || whole->tokens > MAX_TOKENS || whole->head_dim < 1) return 2;
+    /* pairs of head_dim values are moved as 32-bit words: head_dim must be even */
+    if (!amx_permitted() || whole->tokens < 1 || whole->tokens > MAX_TOKENS || whole->head_dim < 2 ||
+        whole->head_dim % 2 != 0)
+        return 2;
     const int64_t pairs = whole->batch * whole->heads;
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
