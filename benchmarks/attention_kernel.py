@@ -50,7 +50,7 @@ def main() -> None:
             return (weights @ v).transpose(1, 2).reshape(args.batch_size, tokens, dim)
 
         paths = {"torch matmuls + softmax-dropout kernel": torch_matmuls}
-        if native_attention_available(qkv):
+        if native_attention_available(qkv, heads):
             paths["native attention (AMX)"] = lambda: native_attention(qkv, heads, p, scale)
         for name, forward in paths.items():
             def run() -> tuple[float, float]:

@@ -123,10 +123,10 @@ def test_training_attention_takes_the_kernel_and_agrees_with_the_explicit_path()
 
 def test_where_the_kernel_is_not_taken() -> None:
     bf16 = torch.empty(2, 8, 96, dtype=torch.bfloat16)
-    assert not native_attention_available(bf16.float())  # fp32 training keeps torch's arithmetic
-    assert not native_attention_available(torch.empty(2, 1025, 96, dtype=torch.bfloat16))  # over MAX_TOKENS
-    assert not native_attention_available(torch.empty(0, 8, 96, dtype=torch.bfloat16))
-    assert native_attention_available(bf16) == native.attention_available()
+    assert not native_attention_available(bf16.float(), 2)  # fp32 training keeps torch's arithmetic
+    assert not native_attention_available(torch.empty(2, 1025, 96, dtype=torch.bfloat16), 2)  # over MAX_TOKENS
+    assert not native_attention_available(torch.empty(0, 8, 96, dtype=torch.bfloat16), 2)
+    assert native_attention_available(bf16, 2) == native.attention_available()
 
 
 @needs_amx

@@ -68,7 +68,7 @@ class Attention(nn.Module):
         batch, tokens, dim = x.shape
         qkv = self.qkv(x)
         if (self.impl == "auto" and self.training and attn_mask is None and not need_weights
-                and self.head_dim % 2 == 0 and native_attention_available(qkv)):  # CPU training on AMX
+                and native_attention_available(qkv, self.num_heads)):  # CPU training on AMX
             out = native_attention(qkv, self.num_heads, self.attn_dropout, self.scale)
             return self.proj_drop(self.proj(out))
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -158,8 +158,7 @@ class _NativeSoftmaxDropout(torch.autograd.Function):
         status = native.softmax_dropout_library().cct_softmax_dropout_forward(
             scores.data_ptr(), weights.data_ptr(), dropped.data_ptr(), scores.numel() // cols, cols, seed, threshold,
             scale, 1.0 / (1.0 - p), int(scores.dtype == torch.bfloat16), torch.get_num_threads())
-        if status != 0:
-            raise MemoryError("the native softmax-dropout kernel could not allocate its row buffers")
+        _check_native_status(status, "softmax-dropout")
         ctx.save_for_backward(weights)
         ctx.seed, ctx.threshold, ctx.p, ctx.scale = seed, threshold, p, scale
         return dropped
@@ -176,8 +175,7 @@ class _NativeSoftmaxDropout(torch.autograd.Function):
             grad.data_ptr(), weights.data_ptr(), grad_scores.data_ptr(), weights.numel() // cols, cols, ctx.seed,
             ctx.threshold, ctx.scale, 1.0 / (1.0 - ctx.p), int(weights.dtype == torch.bfloat16),
             torch.get_num_threads())
-        if status != 0:
-            raise MemoryError("the native softmax-dropout kernel could not allocate its row buffers")
+        _check_native_status(status, "softmax-dropout")
         return grad_scores, None, None
 
 
@@ -201,9 +199,9 @@ class _NativeAttention(torch.autograd.Function):
         status = native.softmax_dropout_library().cct_attention_forward(
             qkv.data_ptr(), out.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), keep_bits.data_ptr(), batch,
             tokens, heads, dim // heads, seed, threshold, scale, 1.0 / (1.0 - p), torch.get_num_threads())
-        _check_native_status(status)
+        _check_native_status(status, "attention")
         ctx.save_for_backward(qkv, stats, keep_bits)
-        ctx.heads, ctx.seed, ctx.threshold, ctx.p, ctx.scale = heads, seed, threshold, p, scale
+        ctx.heads, ctx.p, ctx.scale = heads, p, scale
         return out
 
     @staticmethod
@@ -216,31 +214,37 @@ class _NativeAttention(torch.autograd.Function):
         batch, tokens, width = qkv.shape
         status = native.softmax_dropout_library().cct_attention_backward(
             qkv.data_ptr(), grad.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), keep_bits.data_ptr(),
-            grad_qkv.data_ptr(), batch, tokens, ctx.heads, width // 3 // ctx.heads, ctx.seed, ctx.threshold,
-            ctx.scale, 1.0 / (1.0 - ctx.p), torch.get_num_threads())
-        _check_native_status(status)
+            grad_qkv.data_ptr(), batch, tokens, ctx.heads, width // 3 // ctx.heads, ctx.scale, 1.0 / (1.0 - ctx.p),
+            torch.get_num_threads())
+        _check_native_status(status, "attention")
         return grad_qkv, None, None, None
 
 
-def _check_native_status(status: int) -> None:
+def _check_native_status(status: int, kernel: str) -> None:
+    """The C kernels' return codes: 0 done, 1 out of memory, anything else a refused input."""
     if status == 1:
-        raise MemoryError("the native attention kernel could not allocate its buffers")
+        raise MemoryError(f"the native {kernel} kernel could not allocate its buffers")
     if status != 0:
-        raise RuntimeError(f"the native attention kernel refused its input (status {status})")
+        raise RuntimeError(f"the native {kernel} kernel refused its input (status {status})")
 
 
 ATTENTION_MAX_TOKENS = 1024  # MAX_TOKENS of the C kernel: its per-thread buffers grow with tokens^2
 
 
-def native_attention_available(qkv: torch.Tensor) -> bool:
-    """Whether :func:`native_attention` can take this qkv projection output: bf16 on a CPU with AMX, eager mode,
-    at most ``ATTENTION_MAX_TOKENS`` tokens, and the library built (not ``CCT_NATIVE=0``)."""
-    if not (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16 and qkv.dim() == 3
+def _even_heads(qkv: torch.Tensor, heads: int) -> bool:
+    """qkv is (batch, tokens, 3 x heads x head_dim) with an even head_dim (the kernel moves pairs of values as
+    32-bit words)."""
+    width = qkv.shape[-1]
+    return qkv.dim() == 3 and width % (3 * heads) == 0 and (width // (3 * heads)) % 2 == 0
+
+
+def native_attention_available(qkv: torch.Tensor, heads: int) -> bool:
+    """Whether :func:`native_attention` can take this qkv projection output for ``heads`` heads: bf16 on a CPU
+    with AMX, an even head width, eager mode, at most ``ATTENTION_MAX_TOKENS`` tokens, and the library built
+    (not ``CCT_NATIVE=0``)."""
+    return (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16 and _even_heads(qkv, heads)
             and 0 < qkv.shape[1] <= ATTENTION_MAX_TOKENS and qkv.shape[0] > 0
-            and not torch.compiler.is_compiling()):
-        return False
-    library = native.softmax_dropout_library()
-    return library is not None and native.attention_available()
+            and not torch.compiler.is_compiling() and native.attention_available())
 
 
 def native_attention(qkv: torch.Tensor, heads: int, p: float, scale: float) -> torch.Tensor:
@@ -249,8 +253,7 @@ def native_attention(qkv: torch.Tensor, heads: int, p: float, scale: float) -> t
     :func:`native_attention_available`."""
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
-    width = qkv.shape[-1]
-    if qkv.dim() != 3 or width % (3 * heads) or (width // (3 * heads)) % 2:
+    if not _even_heads(qkv, heads):
         raise ConfigError(f"native attention needs a (batch, tokens, 3 x heads x head_dim) qkv with an even head_dim; "
                           f"got shape {tuple(qkv.shape)} for {heads} heads")
     return _NativeAttention.apply(qkv, heads, float(p), float(scale))

@@ -2,8 +2,8 @@
 
 One C file, ``softmax_dropout.c``: attention's softmax fused with its dropout (see
 :func:`.layers.softmax_dropout`) and, on CPUs with AMX, attention's whole core in training with its matmuls on
-AMX tiles (:func:`.layers.native_attention`). Its mask is a counter-based hash of a seed drawn from torch's generator, so
-``torch.manual_seed`` still fixes every mask, a resumed run draws the same ones, and the backward recomputes
+AMX tiles (:func:`.layers.native_attention`). Its mask is a counter-based hash of a seed drawn from torch's
+generator, so ``torch.manual_seed`` still fixes every mask, a resumed run draws the same ones, and the backward recomputes
 the mask instead of storing it. Without a compiler, or with ``CCT_NATIVE=0``, :func:`softmax_dropout_library`
 returns None and callers use torch's operators.
 """
@@ -56,9 +56,10 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.cct_attention_available.argtypes = []
     library.cct_attention_available.restype = ctypes.c_int
     sizes = [ctypes.c_int64] * 4  # batch, tokens, heads, head_dim
-    draw = [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_float, ctypes.c_int]
-    library.cct_attention_forward.argtypes = [ctypes.c_void_p] * 5 + sizes + draw
-    library.cct_attention_backward.argtypes = [ctypes.c_void_p] * 6 + sizes + draw
+    scales_threads = [ctypes.c_float, ctypes.c_float, ctypes.c_int]  # score scale, 1 / (1 - p), threads
+    library.cct_attention_forward.argtypes = (
+        [ctypes.c_void_p] * 5 + sizes + [ctypes.c_uint64, ctypes.c_uint32] + scales_threads)  # + the mask's draw
+    library.cct_attention_backward.argtypes = [ctypes.c_void_p] * 6 + sizes + scales_threads
     library.cct_attention_forward.restype = library.cct_attention_backward.restype = ctypes.c_int
     return library
 

@@ -500,7 +500,6 @@ static void pack_transposed(const uint16_t *src, int64_t ld, int64_t rows, int64
 
 /* The pairs layout of a row-major matrix (rows_pad x cols_pad, both even): rows 2r and 2r + 1 interleaved. */
 static void interleave_rows(const uint16_t *src, int64_t rows_pad, int64_t cols_pad, uint16_t *dst) {
-    __m512i low = _mm512_setzero_si512(), high = _mm512_setzero_si512();
     uint16_t lo_index[32], hi_index[32];
     for (int t = 0; t < 16; t++) {
         lo_index[2 * t] = (uint16_t)t;
@@ -508,8 +507,7 @@ static void interleave_rows(const uint16_t *src, int64_t rows_pad, int64_t cols_
         hi_index[2 * t] = (uint16_t)(16 + t);
         hi_index[2 * t + 1] = (uint16_t)(48 + t);
     }
-    low = _mm512_loadu_si512(lo_index);
-    high = _mm512_loadu_si512(hi_index);
+    const __m512i low = _mm512_loadu_si512(lo_index), high = _mm512_loadu_si512(hi_index);
     for (int64_t r = 0; r < rows_pad; r += 2) {
         const uint16_t *even = src + r * cols_pad, *odd = even + cols_pad;
         uint16_t *out = dst + r * cols_pad;
@@ -543,7 +541,7 @@ typedef struct {
     uint16_t *keep_bits; /* (batch, heads, tokens, ceil(tokens / 16)): the forward's mask, read by the backward */
     int staged; /* the thread has whole images: it writes each image's result in its cache, then streams it out */
     int64_t batch, tokens, heads, head_dim, first, last; /* this thread's (image, head) pairs: [first, last) */
-    uint64_t seed;
+    uint64_t seed; /* seed and threshold: the forward's draw of the mask */
     uint32_t threshold;
     float score_scale, out_scale;
     int status;
@@ -649,37 +647,6 @@ static void stream_out(uint16_t *dst, const uint16_t *src, int64_t count) {
     memcpy(dst + done, src + done, sizeof(uint16_t) * (size_t)(count - done));
 }
 
-static void attention_pair_forward(const AttentionJob *job, int64_t pair, Scratch *s) {
-    const int64_t tokens = job->tokens, heads = job->heads, d = job->head_dim, width = heads * d;
-    const int64_t n = round32(tokens), dp = round32(d), image = pair / heads, head = pair % heads;
-    const uint16_t *q = job->qkv + image * tokens * 3 * width + head * d, *k = q + width, *v = q + 2 * width;
-    pack_rows(q, 3 * width, tokens, d, s->q, n, dp);
-    pack_transposed_pairs(k, 3 * width, tokens, d, s->keys_t, n, dp);
-    pack_rows(v, 3 * width, tokens, d, s->values_t, n, dp); /* row-major V, then its pairs layout */
-    interleave_rows(s->values_t, n, dp, s->values);
-    matmul_amx(s->q, dp, s->keys_t, s->scores, n, n, n, dp);
-    for (int64_t i = 0; i < n; i++) {
-        uint16_t *dropped = s->dropped + i * n;
-        if (i < tokens) {
-            attention_row_forward(job, s->scores + i * n, tokens, n, (uint64_t)((pair * tokens + i) * tokens),
-                                  job->keep_bits + (pair * tokens + i) * ((tokens + 15) / 16),
-                                  s->row_a, dropped, job->row_max + pair * tokens + i,
-                                  job->row_inverse + pair * tokens + i);
-        } else {
-            memset(dropped, 0, sizeof(uint16_t) * (size_t)n);
-        }
-    }
-    matmul_amx(s->dropped, n, s->values, s->result, dp, n, dp, n);
-    uint16_t *image_out = job->out + image * tokens * width, *out = (job->staged ? s->image : image_out) + head * d;
-    for (int64_t i = 0; i < tokens; i++) {
-        for (int64_t c = 0; c < d; c += 16) {
-            __mmask16 valid = lanes(c, d);
-            _mm256_mask_storeu_epi16(out + i * width + c, valid, to_bf16x16(_mm512_maskz_loadu_ps(valid, s->result + i * dp + c)));
-        }
-    }
-    if (job->staged && head == heads - 1) stream_out(image_out, s->image, tokens * width);
-}
-
 /* rows x cols of fp32 result (row stride ld), or of its transpose (result is then cols x rows), into bf16 dst
  * (row stride dst_ld). */
 static void store_bf16(const float *result, int64_t ld, int64_t rows, int64_t cols, int transposed, uint16_t *dst,
@@ -702,6 +669,32 @@ static void store_bf16(const float *result, int64_t ld, int64_t rows, int64_t co
     }
 }
 
+static void attention_pair_forward(const AttentionJob *job, int64_t pair, Scratch *s) {
+    const int64_t tokens = job->tokens, heads = job->heads, d = job->head_dim, width = heads * d;
+    const int64_t n = round32(tokens), dp = round32(d), image = pair / heads, head = pair % heads;
+    const uint16_t *q = job->qkv + image * tokens * 3 * width + head * d, *k = q + width, *v = q + 2 * width;
+    pack_rows(q, 3 * width, tokens, d, s->q, n, dp);
+    pack_transposed_pairs(k, 3 * width, tokens, d, s->keys_t, n, dp);
+    pack_rows(v, 3 * width, tokens, d, s->values_t, n, dp); /* row-major V, then its pairs layout */
+    interleave_rows(s->values_t, n, dp, s->values);
+    matmul_amx(s->q, dp, s->keys_t, s->scores, n, n, n, dp);
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t *dropped = s->dropped + i * n;
+        if (i < tokens) {
+            const int64_t row = pair * tokens + i; /* of the (batch, heads, tokens) rows */
+            attention_row_forward(job, s->scores + i * n, tokens, n, (uint64_t)(row * tokens),
+                                  job->keep_bits + row * ((tokens + 15) / 16), s->row_a, dropped,
+                                  job->row_max + row, job->row_inverse + row);
+        } else {
+            memset(dropped, 0, sizeof(uint16_t) * (size_t)n);
+        }
+    }
+    matmul_amx(s->dropped, n, s->values, s->result, dp, n, dp, n);
+    uint16_t *image_out = job->out + image * tokens * width;
+    store_bf16(s->result, dp, tokens, d, 0, (job->staged ? s->image : image_out) + head * d, width);
+    if (job->staged && head == heads - 1) stream_out(image_out, s->image, tokens * width);
+}
+
 static void attention_pair_backward(const AttentionJob *job, int64_t pair, Scratch *s) {
     const int64_t tokens = job->tokens, heads = job->heads, d = job->head_dim, width = heads * d;
     const int64_t n = round32(tokens), dp = round32(d), image = pair / heads, head = pair % heads;
@@ -717,9 +710,10 @@ static void attention_pair_backward(const AttentionJob *job, int64_t pair, Scrat
     for (int64_t i = 0; i < n; i++) {
         uint16_t *dropped = s->dropped + i * n, *grad_scores = s->grad_scores + i * n;
         if (i < tokens) {
+            const int64_t row = pair * tokens + i;
             attention_row_backward(job, s->scores + i * n, s->grad_dropped + i * n, tokens, n,
-                                   job->keep_bits + (pair * tokens + i) * ((tokens + 15) / 16), job->row_max[pair * tokens + i],
-                                   job->row_inverse[pair * tokens + i], s->row_a, s->row_b, dropped, grad_scores);
+                                   job->keep_bits + row * ((tokens + 15) / 16), job->row_max[row],
+                                   job->row_inverse[row], s->row_a, s->row_b, dropped, grad_scores);
         } else {
             memset(dropped, 0, sizeof(uint16_t) * (size_t)n);
             memset(grad_scores, 0, sizeof(uint16_t) * (size_t)n);
@@ -830,16 +824,16 @@ int cct_attention_forward(const void *qkv, void *out, float *row_max, float *row
 /* grad_qkv (batch, tokens, 3, heads, head_dim) of the forward above, given grad_out and what the forward kept
  * (row_max, row_inverse, keep_bits); same return codes. */
 int cct_attention_backward(const void *qkv, const void *grad_out, const float *row_max, const float *row_inverse,
-                           const void *keep_bits, void *grad_qkv, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
-                           uint64_t seed, uint32_t threshold, float score_scale, float out_scale, int threads) {
+                           const void *keep_bits, void *grad_qkv, int64_t batch, int64_t tokens, int64_t heads,
+                           int64_t head_dim, float score_scale, float out_scale, int threads) {
 #ifdef HAVE_AMX
     AttentionJob job = {(const uint16_t *)qkv, (const uint16_t *)grad_out, NULL, (uint16_t *)grad_qkv,
                         (float *)row_max, (float *)row_inverse, (uint16_t *)keep_bits, 0, batch, tokens, heads,
-                        head_dim, 0, 0, seed, threshold, score_scale, out_scale, 1};
+                        head_dim, 0, 0, 0, 0, score_scale, out_scale, 1}; /* no seed: the mask is in keep_bits */
     return run_attention(&job, threads);
 #else
-    (void)qkv; (void)grad_out; (void)row_max; (void)row_inverse; (void)keep_bits; (void)grad_qkv; (void)batch; (void)tokens;
-    (void)heads; (void)head_dim; (void)seed; (void)threshold; (void)score_scale; (void)out_scale; (void)threads;
+    (void)qkv; (void)grad_out; (void)row_max; (void)row_inverse; (void)keep_bits; (void)grad_qkv; (void)batch;
+    (void)tokens; (void)heads; (void)head_dim; (void)score_scale; (void)out_scale; (void)threads;
     return 2;
 #endif
 }
