@@ -1,6 +1,6 @@
-"""The fused attention kernel (AMX CPUs): forward and gradients against a float64 reference that applies the
-mask softmax_dropout draws, padding of odd token counts and head widths, determinism, and where the Attention
-module takes it."""
+"""The fused attention kernel (CPUs with AVX-512 BF16, on its vector or AMX engine): forward and gradients
+against a float64 reference that applies the mask softmax_dropout draws, padding of odd token counts and head
+widths, determinism, the engines against each other, and where the Attention module takes it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,23 @@ from compact_transformers.models.layers import (
     Attention, native_attention, native_attention_available, softmax_dropout_keep_mask,
 )
 
-needs_amx = pytest.mark.skipif(not native.attention_available(), reason="no AMX (or no C compiler) here")
+needs_kernel = pytest.mark.skipif(not native.attention_available(),
+                                  reason="no AVX-512 BF16 (or no C compiler) here")
+
+
+def _engines_here() -> int:
+    library = native.softmax_dropout_library()
+    return int(library.cct_attention_available()) if library is not None else 0
+
+
+@pytest.fixture(params=sorted(native.ATTENTION_ENGINES))
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Each engine of the kernel that this CPU has, made the one native_attention uses."""
+    number = native.ATTENTION_ENGINES[request.param]
+    if not _engines_here() & number:
+        pytest.skip(f"no {request.param} engine here")
+    monkeypatch.setattr(native, "attention_engine", lambda: number)
+    return number
 
 
 def _reference(qkv: torch.Tensor, heads: int, p: float, scale: float, seed: int) -> torch.Tensor:
@@ -29,7 +45,7 @@ def _reference(qkv: torch.Tensor, heads: int, p: float, scale: float, seed: int)
     return (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
 
 
-@needs_amx
+@needs_kernel
 @pytest.mark.parametrize("batch,tokens,heads,head_dim,p", [
     (3, 49, 2, 64, 0.1),   # CCT-2 on 28x28 images: 49 tokens, padded to 64 inside
     (2, 64, 4, 64, 0.0),
@@ -39,7 +55,7 @@ def _reference(qkv: torch.Tensor, heads: int, p: float, scale: float, seed: int)
     (1, 1, 2, 32, 0.1),    # one token
 ])
 def test_forward_and_gradients_match_the_reference(batch: int, tokens: int, heads: int, head_dim: int,
-                                                   p: float) -> None:
+                                                   p: float, engine: int) -> None:
     torch.manual_seed(0)
     qkv = torch.randn(batch, tokens, 3 * heads * head_dim).to(torch.bfloat16).requires_grad_(True)
     grad = torch.randn(batch, tokens, heads * head_dim).to(torch.bfloat16)
@@ -59,8 +75,8 @@ def test_forward_and_gradients_match_the_reference(batch: int, tokens: int, head
         assert (other.double() - reference).abs().max() > 0.05 * reference.abs().max()
 
 
-@needs_amx
-def test_seeding_fixes_the_result_and_threads_do_not_change_a_bit() -> None:
+@needs_kernel
+def test_seeding_fixes_the_result_and_threads_do_not_change_a_bit(engine: int) -> None:
     torch.manual_seed(0)
     qkv = torch.randn(4, 40, 3 * 128).to(torch.bfloat16)
     results = []
@@ -76,7 +92,7 @@ def test_seeding_fixes_the_result_and_threads_do_not_change_a_bit() -> None:
     assert not torch.equal(native_attention(qkv, 2, 0.2, 0.125), results[0])  # the generator moved on
 
 
-@needs_amx
+@needs_kernel
 def test_no_dropout_draws_nothing_from_the_generator() -> None:
     qkv = torch.randn(2, 16, 3 * 64).to(torch.bfloat16)
     torch.manual_seed(3)
@@ -84,6 +100,53 @@ def test_no_dropout_draws_nothing_from_the_generator() -> None:
     after = torch.rand(1)
     torch.manual_seed(3)
     assert torch.equal(torch.rand(1), after)
+
+
+@pytest.mark.skipif(_engines_here() != native.ENGINE_VECTOR | native.ENGINE_AMX, reason="needs both engines (AMX)")
+def test_the_engines_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 70, 3 * 128).to(torch.bfloat16).requires_grad_(True)
+    grad = torch.randn(2, 70, 128).to(torch.bfloat16)
+    results = []
+    for number in (native.ENGINE_VECTOR, native.ENGINE_AMX):
+        monkeypatch.setattr(native, "attention_engine", lambda: number)
+        qkv.grad = None
+        torch.manual_seed(4)
+        out = native_attention(qkv, 2, 0.1, 64**-0.5)
+        out.backward(grad)
+        results.append((out.float(), qkv.grad.float()))
+    (out_a, grad_a), (out_b, grad_b) = results
+    # the same mask; sums in another order: a few bf16 ulps apart
+    assert (out_a - out_b).abs().max() <= 0.02 * out_a.abs().max()
+    assert (grad_a - grad_b).abs().max() <= 0.02 * grad_a.abs().max()
+
+
+def test_the_engine_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    here = _engines_here()
+    best = native.ENGINE_AMX if here & native.ENGINE_AMX else native.ENGINE_VECTOR if here else 0
+    for setting, expected in (("0", 0), ("1", best), ("auto", best), ("vector", here & native.ENGINE_VECTOR),
+                              ("amx", here & native.ENGINE_AMX), ("fastest", best)):
+        monkeypatch.setenv("CCT_NATIVE_ATTENTION", setting)
+        native.attention_engine.cache_clear()
+        try:
+            assert native.attention_engine() == expected, setting
+            assert native.attention_available() == bool(expected)
+        finally:
+            native.attention_engine.cache_clear()
+
+
+@needs_kernel
+def test_the_c_entry_points_refuse_an_unknown_engine() -> None:
+    library = native.softmax_dropout_library()
+    qkv = torch.zeros(1, 4, 3 * 64, dtype=torch.bfloat16)
+    out = torch.empty(1, 4, 64, dtype=torch.bfloat16)
+    stats = torch.empty(2, 1, 2, 4)
+    keep = torch.empty(1, 2, 4, 1, dtype=torch.int16)
+    for engine in (0, 3, 4):
+        status = library.cct_attention_forward(qkv.data_ptr(), out.data_ptr(), stats[0].data_ptr(),
+                                               stats[1].data_ptr(), keep.data_ptr(), 1, 4, 2, 32, 0, 0, 0.2, 1.0,
+                                               engine, 1)
+        assert status == 2, engine
 
 
 def _graph_names(node) -> set[str]:
@@ -97,8 +160,8 @@ def _graph_names(node) -> set[str]:
     return names
 
 
-@needs_amx
-def test_training_attention_takes_the_kernel_and_agrees_with_the_explicit_path() -> None:
+@needs_kernel
+def test_training_attention_takes_the_kernel_and_agrees_with_the_explicit_path(engine: int) -> None:
     torch.manual_seed(0)
     fused = Attention(dim=128, num_heads=2, attn_dropout=0.1, impl="auto").train()
     explicit = Attention(dim=128, num_heads=2, attn_dropout=0.1, impl="explicit").train()
@@ -129,7 +192,7 @@ def test_where_the_kernel_is_not_taken() -> None:
     assert native_attention_available(bf16, 2) == native.attention_available()
 
 
-@needs_amx
+@needs_kernel
 def test_a_masked_or_evaluating_attention_does_not_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from compact_transformers.models import layers
 
@@ -153,7 +216,7 @@ def test_bad_probability_and_shapes_are_refused() -> None:
         native_attention(torch.empty(1, 4, 96, dtype=torch.bfloat16), 5, 0.1, 0.125)
 
 
-@needs_amx
+@needs_kernel
 def test_an_odd_head_width_trains_on_the_explicit_path() -> None:
     module = Attention(dim=30, num_heads=2, attn_dropout=0.1).train()  # heads of 15
     with torch.autocast("cpu", dtype=torch.bfloat16):

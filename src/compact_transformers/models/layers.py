@@ -196,12 +196,13 @@ class _NativeAttention(torch.autograd.Function):
         stats = torch.empty(2, batch, heads, tokens, dtype=torch.float32)  # each row's max and 1/sum
         keep_bits = torch.empty(batch, heads, tokens, (tokens + 15) // 16, dtype=torch.int16)  # the mask, 1/16 byte
         seed, threshold = _native_seed_and_threshold(p) if p > 0 else (0, 0)  # p = 0 draws nothing, as nn.Dropout
+        engine = native.attention_engine()
         status = native.softmax_dropout_library().cct_attention_forward(
             qkv.data_ptr(), out.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), keep_bits.data_ptr(), batch,
-            tokens, heads, dim // heads, seed, threshold, scale, 1.0 / (1.0 - p), torch.get_num_threads())
+            tokens, heads, dim // heads, seed, threshold, scale, 1.0 / (1.0 - p), engine, torch.get_num_threads())
         _check_native_status(status, "attention")
         ctx.save_for_backward(qkv, stats, keep_bits)
-        ctx.heads, ctx.p, ctx.scale = heads, p, scale
+        ctx.heads, ctx.p, ctx.scale, ctx.engine = heads, p, scale, engine  # the same engine recomputes the scores
         return out
 
     @staticmethod
@@ -215,7 +216,7 @@ class _NativeAttention(torch.autograd.Function):
         status = native.softmax_dropout_library().cct_attention_backward(
             qkv.data_ptr(), grad.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), keep_bits.data_ptr(),
             grad_qkv.data_ptr(), batch, tokens, ctx.heads, width // 3 // ctx.heads, ctx.scale, 1.0 / (1.0 - ctx.p),
-            torch.get_num_threads())
+            ctx.engine, torch.get_num_threads())
         _check_native_status(status, "attention")
         return grad_qkv, None, None, None
 

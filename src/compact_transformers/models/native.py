@@ -2,7 +2,7 @@
 
 One C file, ``softmax_dropout.c``: attention's softmax fused with its dropout (see
 :func:`.layers.softmax_dropout`) and, on CPUs with AMX, attention's whole core in training with its matmuls on
-AMX tiles (:func:`.layers.native_attention`). Its mask is a counter-based hash of a seed drawn from torch's
+AVX-512 BF16 dot products or AMX tiles (:func:`.layers.native_attention`). Its mask is a counter-based hash of a seed drawn from torch's
 generator, so ``torch.manual_seed`` still fixes every mask, a resumed run draws the same ones, and the backward recomputes
 the mask instead of storing it. Without a compiler, or with ``CCT_NATIVE=0``, :func:`softmax_dropout_library`
 returns None and callers use torch's operators.
@@ -56,7 +56,7 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.cct_attention_available.argtypes = []
     library.cct_attention_available.restype = ctypes.c_int
     sizes = [ctypes.c_int64] * 4  # batch, tokens, heads, head_dim
-    scales_threads = [ctypes.c_float, ctypes.c_float, ctypes.c_int]  # score scale, 1 / (1 - p), threads
+    scales_threads = [ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int]  # scale, 1 / (1 - p), engine, threads
     library.cct_attention_forward.argtypes = (
         [ctypes.c_void_p] * 5 + sizes + [ctypes.c_uint64, ctypes.c_uint32] + scales_threads)  # + the mask's draw
     library.cct_attention_backward.argtypes = [ctypes.c_void_p] * 6 + sizes + scales_threads
@@ -101,12 +101,29 @@ def softmax_dropout_library() -> ctypes.CDLL | None:
         return None
 
 
+# The fused attention's engines for its matmuls (the bit mask of cct_attention_available)
+ENGINE_VECTOR, ENGINE_AMX = 1, 2
+ATTENTION_ENGINES = {"vector": ENGINE_VECTOR, "amx": ENGINE_AMX}
+
+
 @cache
-def attention_available() -> bool:
-    """Whether the library has the fused attention kernel (built with AMX, and the OS grants its tile state), and
-    ``CCT_NATIVE_ATTENTION=0`` does not turn it off (for comparisons: attention then runs its matmuls in torch
-    and only the softmax-dropout here)."""
-    if os.environ.get("CCT_NATIVE_ATTENTION", "1") == "0":
-        return False
+def attention_engine() -> int:
+    """The engine of the fused attention kernel here: ``ENGINE_AMX`` (AMX tiles) where the build and the OS have
+    them, else ``ENGINE_VECTOR`` (AVX-512 BF16 dot products, AMD Zen 4 and later too), 0 without either.
+    ``CCT_NATIVE_ATTENTION`` picks one (``vector``, ``amx``; 0 where it is missing) or turns the kernel off
+    (``0``: attention then runs its matmuls in torch and only the softmax-dropout here, for comparisons)."""
+    wanted = os.environ.get("CCT_NATIVE_ATTENTION", "1").strip().lower()
+    if wanted == "0":
+        return 0
     library = softmax_dropout_library()
-    return library is not None and bool(library.cct_attention_available())
+    engines = int(library.cct_attention_available()) if library is not None else 0
+    if wanted in ATTENTION_ENGINES:
+        return ATTENTION_ENGINES[wanted] if engines & ATTENTION_ENGINES[wanted] else 0
+    if wanted not in ("1", "", "auto"):
+        log.warning("CCT_NATIVE_ATTENTION=%s: expected 0, 1, auto, vector or amx; using auto", wanted)
+    return ENGINE_AMX if engines & ENGINE_AMX else ENGINE_VECTOR if engines & ENGINE_VECTOR else 0
+
+
+def attention_available() -> bool:
+    """Whether the fused attention kernel runs here (see :func:`attention_engine`)."""
+    return attention_engine() != 0

@@ -352,22 +352,61 @@ int cct_softmax_dropout_vector_rows(void) {
 #endif
 }
 
-#if defined(HAVE_AVX512_BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
-/* The whole attention core of a training step, forward and backward, on CPUs with AMX (Intel Xeon 4th gen
- * and later): one (image, head) at a time, its Q K^T, softmax, dropout and product with V stay in the
- * thread's cache, so the N x N matrices never travel to memory, and nothing N x N is saved for the backward:
- * it recomputes the scores (one small matmul) from Q and K and the softmax from each row's max and 1/sum.
+#ifdef HAVE_AVX512_BF16
+/* The whole attention core of a training step, forward and backward, on CPUs with AVX-512 BF16 (AMD Zen 4 and
+ * later, Intel Xeon 4th gen and later): one (image, head) at a time, its Q K^T, softmax, dropout and product
+ * with V stay in the thread's cache, so the N x N matrices never travel to memory, and nothing N x N is saved
+ * for the backward: it recomputes the scores (one small matmul) from Q and K and the softmax from each row's max
+ * and 1/sum. Its matmuls run on one of two engines: AVX-512 BF16 dot products (every such CPU) or AMX tiles
+ * (where the compiler and the CPU have them).
  *
  * qkv is the (batch, tokens, 3, heads, head_dim) output of the qkv projection (bf16), out and grad_out are
  * (batch, tokens, heads * head_dim). The dropout mask is the one the row kernel above draws for scores laid
  * out as (batch, heads, tokens, tokens), so both paths drop the same entries for the same seed. */
+#define HAVE_FUSED_ATTENTION 1
+#define MAX_TOKENS 1024
+#define ENGINE_VECTOR 1 /* AVX-512 BF16 dot products */
+#define ENGINE_AMX 2
+
+static inline int64_t round32(int64_t n) { return (n + 31) & ~(int64_t)31; }
+
+/* c (m x n, fp32, row stride ldc) = a (m x k, bf16, row stride lda) @ b, with b (k x n) stored in pairs of
+ * rows ("VNNI": element (r, j) at b[(r / 2) * 2n + 2j + r % 2]). m, n and k are multiples of 32.
+ * With vdpbf16ps, lane j of a product adds a[i][r] b[r][j] + a[i][r + 1] b[r + 1][j]: a's pair, one 32-bit
+ * word, broadcast against one row of b's pairs. Blocks of 8 rows x 32 columns (16 accumulators); the loop over
+ * rows runs inside the loop over columns, so the strip of b stays in the first-level cache. */
+static void matmul_vector(const uint16_t *a, int64_t lda, const uint16_t *b, float *c, int64_t ldc, int64_t m,
+                          int64_t n, int64_t k) {
+    for (int64_t j = 0; j < n; j += 32) {
+        for (int64_t i = 0; i < m; i += 8) {
+            __m512 acc[8][2];
+            for (int x = 0; x < 8; x++) acc[x][0] = acc[x][1] = _mm512_setzero_ps();
+            const uint16_t *strip = b + 2 * j;
+            for (int64_t r = 0; r < k; r += 2, strip += 2 * n) {
+                const __m512bh b0 = (__m512bh)_mm512_loadu_si512(strip), b1 = (__m512bh)_mm512_loadu_si512(strip + 32);
+                for (int x = 0; x < 8; x++) {
+                    uint32_t pair;
+                    memcpy(&pair, a + (i + x) * lda + r, sizeof pair);
+                    const __m512bh broadcast = (__m512bh)_mm512_set1_epi32((int)pair);
+                    acc[x][0] = _mm512_dpbf16_ps(acc[x][0], broadcast, b0);
+                    acc[x][1] = _mm512_dpbf16_ps(acc[x][1], broadcast, b1);
+                }
+            }
+            for (int x = 0; x < 8; x++) {
+                _mm512_storeu_ps(c + (i + x) * ldc + j, acc[x][0]);
+                _mm512_storeu_ps(c + (i + x) * ldc + j + 16, acc[x][1]);
+            }
+        }
+    }
+}
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define HAVE_AMX 1
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
-#define MAX_TOKENS 1024
 
 typedef struct {
     uint8_t palette, start_row, reserved[14];
@@ -392,10 +431,7 @@ static int amx_permitted(void) { /* Linux hands out AMX's 8 KB of tile state onl
     return state;
 }
 
-static inline int64_t round32(int64_t n) { return (n + 31) & ~(int64_t)31; }
-
-/* c (m x n, fp32, row stride ldc) = a (m x k, bf16, row stride lda) @ b, with b (k x n) stored in pairs of
- * rows ("VNNI": element (r, j) at b[(r / 2) * 2n + 2j + r % 2]). m, n and k are multiples of 32. */
+/* matmul_vector's product on AMX tiles (same layouts and sizes). */
 static void matmul_amx(const uint16_t *a, int64_t lda, const uint16_t *b, float *c, int64_t ldc, int64_t m,
                        int64_t n, int64_t k) {
     for (int64_t i = 0; i < m; i += 32) {
@@ -420,6 +456,28 @@ static void matmul_amx(const uint16_t *a, int64_t lda, const uint16_t *b, float 
             _tile_stored(3, c + (i + 16) * ldc + j + 16, ldc * 4);
         }
     }
+}
+#endif
+
+/* The engines this build and this CPU have: a bit mask of ENGINE_VECTOR and ENGINE_AMX. */
+static int engines(void) {
+#ifdef HAVE_AMX
+    return ENGINE_VECTOR | (amx_permitted() ? ENGINE_AMX : 0);
+#else
+    return ENGINE_VECTOR;
+#endif
+}
+
+static void matmul(int engine, const uint16_t *a, int64_t lda, const uint16_t *b, float *c, int64_t ldc, int64_t m,
+                   int64_t n, int64_t k) {
+#ifdef HAVE_AMX
+    if (engine == ENGINE_AMX) {
+        matmul_amx(a, lda, b, c, ldc, m, n, k);
+        return;
+    }
+#endif
+    (void)engine;
+    matmul_vector(a, lda, b, c, ldc, m, n, k);
 }
 
 /* dst (rows_pad x cols_pad, row-major) = src (rows x cols, row stride ld), zero-padded. */
@@ -544,6 +602,7 @@ typedef struct {
     uint64_t seed; /* seed and threshold: the forward's draw of the mask */
     uint32_t threshold;
     float score_scale, out_scale;
+    int engine; /* ENGINE_VECTOR or ENGINE_AMX */
     int status;
 } AttentionJob;
 
@@ -677,7 +736,7 @@ static void attention_pair_forward(const AttentionJob *job, int64_t pair, Scratc
     pack_transposed_pairs(k, 3 * width, tokens, d, s->keys_t, n, dp);
     pack_rows(v, 3 * width, tokens, d, s->values_t, n, dp); /* row-major V, then its pairs layout */
     interleave_rows(s->values_t, n, dp, s->values);
-    matmul_amx(s->q, dp, s->keys_t, s->scores, n, n, n, dp);
+    matmul(job->engine, s->q, dp, s->keys_t, s->scores, n, n, n, dp);
     for (int64_t i = 0; i < n; i++) {
         uint16_t *dropped = s->dropped + i * n;
         if (i < tokens) {
@@ -689,7 +748,7 @@ static void attention_pair_forward(const AttentionJob *job, int64_t pair, Scratc
             memset(dropped, 0, sizeof(uint16_t) * (size_t)n);
         }
     }
-    matmul_amx(s->dropped, n, s->values, s->result, dp, n, dp, n);
+    matmul(job->engine, s->dropped, n, s->values, s->result, dp, n, dp, n);
     uint16_t *image_out = job->out + image * tokens * width;
     store_bf16(s->result, dp, tokens, d, 0, (job->staged ? s->image : image_out) + head * d, width);
     if (job->staged && head == heads - 1) stream_out(image_out, s->image, tokens * width);
@@ -703,10 +762,10 @@ static void attention_pair_backward(const AttentionJob *job, int64_t pair, Scrat
     const uint16_t *grad_out = job->grad_out + image * tokens * width + head * d;
     pack_rows(q, 3 * width, tokens, d, s->q, n, dp);
     pack_transposed_pairs(k, 3 * width, tokens, d, s->keys_t, n, dp);
-    matmul_amx(s->q, dp, s->keys_t, s->scores, n, n, n, dp); /* the forward's scores, bit for bit */
+    matmul(job->engine, s->q, dp, s->keys_t, s->scores, n, n, n, dp); /* the forward's scores, bit for bit */
     pack_rows(grad_out, width, tokens, d, s->grad_out, n, dp);
     pack_transposed_pairs(v, 3 * width, tokens, d, s->values_t, n, dp);
-    matmul_amx(s->grad_out, dp, s->values_t, s->grad_dropped, n, n, n, dp); /* grad of the dropped weights */
+    matmul(job->engine, s->grad_out, dp, s->values_t, s->grad_dropped, n, n, n, dp); /* grad of the dropped weights */
     for (int64_t i = 0; i < n; i++) {
         uint16_t *dropped = s->dropped + i * n, *grad_scores = s->grad_scores + i * n;
         if (i < tokens) {
@@ -725,16 +784,16 @@ static void attention_pair_backward(const AttentionJob *job, int64_t pair, Scrat
     uint16_t *grad_q = (job->staged ? s->image : image_grad) + head * d, *grad_k = grad_q + width, *grad_v = grad_q + 2 * width;
     /* grad V^T = grad_out^T dropped */
     pack_transposed(grad_out, width, tokens, d, s->grad_out_t, n, dp);
-    matmul_amx(s->grad_out_t, n, s->dropped_pairs, s->result, n, dp, n, n);
+    matmul(job->engine, s->grad_out_t, n, s->dropped_pairs, s->result, n, dp, n, n);
     store_bf16(s->result, n, tokens, d, 1, grad_v, 3 * width);
     /* grad Q = grad_scores K */
     pack_rows(k, 3 * width, tokens, d, s->values_t, n, dp); /* row-major K (values_t is free again) */
     interleave_rows(s->values_t, n, dp, s->keys);
-    matmul_amx(s->grad_scores, n, s->keys, s->result, dp, n, dp, n);
+    matmul(job->engine, s->grad_scores, n, s->keys, s->result, dp, n, dp, n);
     store_bf16(s->result, dp, tokens, d, 0, grad_q, 3 * width);
     /* grad K^T = Q^T grad_scores */
     pack_transposed(q, 3 * width, tokens, d, s->q_t, n, dp);
-    matmul_amx(s->q_t, n, s->grad_scores_pairs, s->result, n, dp, n, n);
+    matmul(job->engine, s->q_t, n, s->grad_scores_pairs, s->result, n, dp, n, n);
     store_bf16(s->result, n, tokens, d, 1, grad_k, 3 * width);
     if (job->staged && head == heads - 1) stream_out(image_grad, s->image, tokens * 3 * width);
 }
@@ -747,12 +806,16 @@ static void *attention_task(void *arg) {
         job->status = 1;
         return NULL;
     }
-    configure_tiles();
+#ifdef HAVE_AMX
+    if (job->engine == ENGINE_AMX) configure_tiles();
+#endif
     for (int64_t pair = job->first; pair < job->last; pair++) {
         if (job->grad_out != NULL) attention_pair_backward(job, pair, &scratch);
         else attention_pair_forward(job, pair, &scratch);
     }
-    _tile_release();
+#ifdef HAVE_AMX
+    if (job->engine == ENGINE_AMX) _tile_release();
+#endif
     _mm_sfence(); /* the streamed stores are visible before the caller reads them */
     free(scratch.memory);
     job->status = 0;
@@ -761,7 +824,8 @@ static void *attention_task(void *arg) {
 
 static int run_attention(const AttentionJob *whole, int threads) {
     /* pairs of head_dim values are moved as 32-bit words: head_dim must be even */
-    if (!amx_permitted() || whole->tokens < 1 || whole->tokens > MAX_TOKENS || whole->head_dim < 2 ||
+    if ((whole->engine != ENGINE_VECTOR && whole->engine != ENGINE_AMX) || !(engines() & whole->engine) ||
+        whole->tokens < 1 || whole->tokens > MAX_TOKENS || whole->head_dim < 2 ||
         whole->head_dim % 2 != 0)
         return 2;
     const int64_t pairs = whole->batch * whole->heads;
@@ -793,47 +857,49 @@ static int run_attention(const AttentionJob *whole, int threads) {
 }
 #endif
 
-/* 1 where this build has the fused attention (AMX) and the kernel grants it, else 0. */
+/* The engines of the fused attention in this build on this CPU, a bit mask: 1 AVX-512 BF16 dot products,
+ * 2 AMX tiles (built for them, and the kernel grants their state); 0 where there is no fused attention. */
 int cct_attention_available(void) {
-#ifdef HAVE_AMX
-    return amx_permitted();
+#ifdef HAVE_FUSED_ATTENTION
+    return engines();
 #else
     return 0;
 #endif
 }
 
-/* out = dropout(softmax(scale * q k^T)) v for every (image, head); 0 on success, 1 out of memory, 2 not
- * available here (no AMX, or more than MAX_TOKENS tokens). Also writes, for the backward, row_max and
- * row_inverse (batch, heads, tokens; the scaled scores' max and 1/sum of each row) and keep_bits (batch, heads,
- * tokens, ceil(tokens / 16) 16-bit words: bit j % 16 of word j / 16 says whether entry j was kept). */
+/* out = dropout(softmax(scale * q k^T)) v for every (image, head), its matmuls on `engine` (1 or 2, as
+ * cct_attention_available); 0 on success, 1 out of memory, 2 not available here (no such engine, more than
+ * MAX_TOKENS tokens, an odd head_dim). Also writes, for the backward, row_max and row_inverse (batch, heads,
+ * tokens; the scaled scores' max and 1/sum of each row) and keep_bits (batch, heads, tokens, ceil(tokens / 16)
+ * 16-bit words: bit j % 16 of word j / 16 says whether entry j was kept). */
 int cct_attention_forward(const void *qkv, void *out, float *row_max, float *row_inverse, void *keep_bits, int64_t batch,
                           int64_t tokens, int64_t heads, int64_t head_dim, uint64_t seed, uint32_t threshold,
-                          float score_scale, float out_scale, int threads) {
-#ifdef HAVE_AMX
+                          float score_scale, float out_scale, int engine, int threads) {
+#ifdef HAVE_FUSED_ATTENTION
     AttentionJob job = {(const uint16_t *)qkv, NULL, (uint16_t *)out, NULL, row_max, row_inverse,
                         (uint16_t *)keep_bits, 0, batch, tokens, heads, head_dim, 0, 0, seed, threshold,
-                        score_scale, out_scale, 1};
+                        score_scale, out_scale, engine, 1};
     return run_attention(&job, threads);
 #else
     (void)qkv; (void)out; (void)row_max; (void)row_inverse; (void)keep_bits; (void)batch; (void)tokens; (void)heads;
-    (void)head_dim; (void)seed; (void)threshold; (void)score_scale; (void)out_scale; (void)threads;
+    (void)head_dim; (void)seed; (void)threshold; (void)score_scale; (void)out_scale; (void)engine; (void)threads;
     return 2;
 #endif
 }
 
 /* grad_qkv (batch, tokens, 3, heads, head_dim) of the forward above, given grad_out and what the forward kept
- * (row_max, row_inverse, keep_bits); same return codes. */
+ * (row_max, row_inverse, keep_bits); same engines and return codes. */
 int cct_attention_backward(const void *qkv, const void *grad_out, const float *row_max, const float *row_inverse,
                            const void *keep_bits, void *grad_qkv, int64_t batch, int64_t tokens, int64_t heads,
-                           int64_t head_dim, float score_scale, float out_scale, int threads) {
-#ifdef HAVE_AMX
+                           int64_t head_dim, float score_scale, float out_scale, int engine, int threads) {
+#ifdef HAVE_FUSED_ATTENTION
     AttentionJob job = {(const uint16_t *)qkv, (const uint16_t *)grad_out, NULL, (uint16_t *)grad_qkv,
                         (float *)row_max, (float *)row_inverse, (uint16_t *)keep_bits, 0, batch, tokens, heads,
-                        head_dim, 0, 0, 0, 0, score_scale, out_scale, 1}; /* no seed: the mask is in keep_bits */
+                        head_dim, 0, 0, 0, 0, score_scale, out_scale, engine, 1}; /* no seed: the mask is in keep_bits */
     return run_attention(&job, threads);
 #else
     (void)qkv; (void)grad_out; (void)row_max; (void)row_inverse; (void)keep_bits; (void)grad_qkv; (void)batch;
-    (void)tokens; (void)heads; (void)head_dim; (void)score_scale; (void)out_scale; (void)threads;
+    (void)tokens; (void)heads; (void)head_dim; (void)score_scale; (void)out_scale; (void)engine; (void)threads;
     return 2;
 #endif
 }
