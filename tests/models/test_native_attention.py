@@ -193,7 +193,7 @@ def test_where_the_kernel_is_not_taken() -> None:
 
 
 @needs_kernel
-def test_a_masked_or_evaluating_attention_does_not_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_masked_attention_or_one_asked_for_its_weights_does_not_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from compact_transformers.models import layers
 
     taken = []
@@ -203,8 +203,30 @@ def test_a_masked_or_evaluating_attention_does_not_take_it(monkeypatch: pytest.M
     with torch.autocast("cpu", dtype=torch.bfloat16):
         module(x, attn_mask=torch.ones(2, 8, dtype=torch.bool))
         module(x, need_weights=True)
-        module.eval()(x)
+        module.eval()(x, need_weights=True)
     assert not taken
+
+
+@needs_kernel
+def test_evaluation_takes_it_without_dropout_and_agrees_with_sdpa() -> None:
+    torch.manual_seed(0)
+    fused = Attention(dim=128, num_heads=2, attn_dropout=0.3, impl="auto").eval()
+    sdpa = Attention(dim=128, num_heads=2, attn_dropout=0.3, impl="sdpa").eval()
+    sdpa.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 50, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        out = fused(x)
+        after = torch.rand(1)  # evaluation drops nothing, so draws nothing
+        torch.manual_seed(1)
+        assert torch.equal(torch.rand(1), after)
+        expected = sdpa(x)
+        again = fused(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        graph = fused(x)
+    assert "_NativeAttentionBackward" in _graph_names(graph.grad_fn)
+    assert torch.equal(out, again)
+    assert (out.float() - expected.float()).abs().max() <= 0.03 * expected.float().abs().max()
 
 
 def test_bad_probability_and_shapes_are_refused() -> None:

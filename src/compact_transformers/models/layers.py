@@ -32,8 +32,9 @@ class Attention(nn.Module):
     the tokens, and on a GPU its fused kernels train CCT-7/3x1 1.45x faster at batch 512 on an H200).
     Training on a CPU with attention dropout, the explicit path scales, normalises and drops in one
     :func:`softmax_dropout` (the same distribution as ``nn.Dropout``), in C where a compiler is at hand; with
-    ``"auto"``, bf16 activations (autocast) and AMX, the whole core (q k^T, softmax, dropout, times v) runs in
-    :func:`native_attention` instead, which drops the same entries for the same seed.
+    ``"auto"``, bf16 activations (autocast) and a CPU with AVX-512 BF16 (AMD Zen 4+, Intel with AMX), the whole
+    core (q k^T, softmax, dropout, times v) runs in :func:`native_attention` instead, in training (where it drops
+    the same entries for the same seed) and in evaluation (2x the speed of SDPA or torch's matmuls there).
     """
 
     def __init__(
@@ -67,9 +68,9 @@ class Attention(nn.Module):
         kernel (SDPA does not expose them), whatever ``impl`` says."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x)
-        if (self.impl == "auto" and self.training and attn_mask is None and not need_weights
-                and native_attention_available(qkv, self.num_heads)):  # CPU training on AMX
-            out = native_attention(qkv, self.num_heads, self.attn_dropout, self.scale)
+        if (self.impl == "auto" and attn_mask is None and not need_weights
+                and native_attention_available(qkv, self.num_heads)):  # bf16 on a CPU with AVX-512 BF16
+            out = native_attention(qkv, self.num_heads, self.attn_dropout if self.training else 0.0, self.scale)
             return self.proj_drop(self.proj(out))
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)

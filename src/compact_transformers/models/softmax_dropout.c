@@ -385,9 +385,7 @@ static void matmul_vector(const uint16_t *a, int64_t lda, const uint16_t *b, flo
             for (int64_t r = 0; r < k; r += 2, strip += 2 * n) {
                 const __m512bh b0 = (__m512bh)_mm512_loadu_si512(strip), b1 = (__m512bh)_mm512_loadu_si512(strip + 32);
                 for (int x = 0; x < 8; x++) {
-                    uint32_t pair;
-                    memcpy(&pair, a + (i + x) * lda + r, sizeof pair);
-                    const __m512bh broadcast = (__m512bh)_mm512_set1_epi32((int)pair);
+                    const __m512bh broadcast = (__m512bh)_mm512_set1_epi32(*(const int *)(a + (i + x) * lda + r));
                     acc[x][0] = _mm512_dpbf16_ps(acc[x][0], broadcast, b0);
                     acc[x][1] = _mm512_dpbf16_ps(acc[x][1], broadcast, b1);
                 }
