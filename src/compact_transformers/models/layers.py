@@ -222,6 +222,90 @@ class _NativeAttention(torch.autograd.Function):
         return grad_qkv, None, None, None
 
 
+class _NativeAddNorm(torch.autograd.Function):
+    """``LayerNorm(x + scale * branch)`` in one pass of the C kernel of :mod:`.native`: x fp32, branch bf16 (or
+    None), scale one factor per sample (or None); returns the result in bf16, and in fp32 too with
+    ``keep_fp32``. The backward takes either gradient or both."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, branch: torch.Tensor | None,
+                branch_scale: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                keep_fp32: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)  # an output nothing used gets None, not a tensor of zeros
+        x = x.contiguous()
+        dim = x.shape[-1]
+        rows = x.numel() // dim
+        tokens = rows // x.shape[0]  # rows per sample, for the per-sample scale
+        stats = torch.empty(2, rows)  # each row's mean and 1/std
+        out_bf16 = torch.empty(x.shape, dtype=torch.bfloat16)
+        out = torch.empty_like(x) if keep_fp32 else None
+        saved = x
+        if branch is not None:
+            branch = branch.contiguous()
+            saved = torch.empty_like(x)  # the sum, which the backward normalises again
+        scale = None if branch_scale is None else branch_scale.float().contiguous()
+        status = native.softmax_dropout_library().cct_add_norm_forward(
+            x.data_ptr(), _pointer(branch), _pointer(scale), tokens, weight.data_ptr(), bias.data_ptr(), eps, rows, dim,
+            _pointer(saved if branch is not None else None), _pointer(out), out_bf16.data_ptr(), stats[0].data_ptr(),
+            stats[1].data_ptr(), torch.get_num_threads())
+        _check_native_status(status, "add-norm")
+        ctx.save_for_backward(saved, stats, weight, scale)
+        ctx.has_branch, ctx.tokens = branch is not None, tokens
+        return (out_bf16, out) if keep_fp32 else out_bf16
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_bf16: torch.Tensor | None,
+                 grad: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
+        saved, stats, weight, scale = ctx.saved_tensors
+        dim = saved.shape[-1]
+        rows = saved.numel() // dim
+        grad_bf16 = None if grad_bf16 is None else grad_bf16.to(torch.bfloat16).contiguous()
+        grad = None if grad is None else grad.float().contiguous()
+        threads = min(torch.get_num_threads(), 64)  # MAX_THREADS of the C file: one row of partial sums each
+        partial = torch.zeros(2, threads, dim)
+        grad_input = torch.empty_like(saved)
+        grad_branch = torch.empty(saved.shape, dtype=torch.bfloat16) if ctx.has_branch else None
+        status = native.softmax_dropout_library().cct_add_norm_backward(
+            saved.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), weight.data_ptr(), _pointer(grad),
+            _pointer(grad_bf16), _pointer(scale), ctx.tokens, rows, dim, grad_input.data_ptr(), _pointer(grad_branch),
+            partial[0].data_ptr(), partial[1].data_ptr(), threads)
+        _check_native_status(status, "add-norm")
+        grad_weight, grad_bias = partial.sum(1)
+        return grad_input, grad_branch, None, grad_weight, grad_bias, None, None
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def native_add_norm_available(x: torch.Tensor, norm: nn.LayerNorm) -> bool:
+    """Whether :func:`native_add_norm` can take ``x`` for ``norm``: fp32 on a CPU inside bf16 autocast, a
+    LayerNorm over the last axis with fp32 weight and bias, eager mode, and the library built."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1
+            and norm.normalized_shape[0] == x.shape[-1] and norm.weight is not None and norm.bias is not None
+            and norm.weight.dtype == torch.float32 and norm.bias.dtype == torch.float32
+            and not torch.compiler.is_compiling() and native.softmax_dropout_library() is not None)
+
+
+def native_add_norm(x: torch.Tensor, branch: torch.Tensor | None, norm: nn.LayerNorm, *,
+                    branch_scale: torch.Tensor | None = None,
+                    keep_fp32: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``norm(x + branch_scale * branch)`` (``norm(x)`` without a branch) in one pass, as bf16 autocast would
+    feed it to the next linear: returns the bf16 result, or (bf16, fp32) with ``keep_fp32`` (the fp32 one for a
+    residual stream). ``branch``: bf16, shaped as x; ``branch_scale``: one factor per sample (stochastic
+    depth), shaped to broadcast. Needs :func:`native_add_norm_available`."""
+    if branch is not None and (branch.shape != x.shape or branch.dtype != torch.bfloat16):
+        raise ConfigError(f"native_add_norm needs a bf16 branch shaped as x {tuple(x.shape)}, got "
+                          f"{branch.dtype} {tuple(branch.shape)}")
+    if branch_scale is not None and (branch is None or branch_scale.numel() != x.shape[0]):
+        raise ConfigError(f"branch_scale needs a branch and one factor per sample ({x.shape[0]}), got "
+                          f"{branch_scale.numel()}")
+    return _NativeAddNorm.apply(x, branch, branch_scale, norm.weight, norm.bias, float(norm.eps), keep_fp32)
+
+
 def _check_native_status(status: int, kernel: str) -> None:
     """The C kernels' return codes: 0 done, 1 out of memory, anything else a refused input."""
     if status == 1:
@@ -314,12 +398,17 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def sample_scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """This call's factor per sample of ``x`` (0 or 1/keep, shaped to broadcast, in x's dtype), or None where
+        nothing is dropped."""
         if self.drop_prob == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.drop_prob
-        scale = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
-        return x * scale  # one pass over x (x * mask / keep made two, forward and backward)
+        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.sample_scale(x)
+        return x if scale is None else x * scale  # one pass over x (x * mask / keep made two, forward and backward)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -350,14 +439,22 @@ class EncoderBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, need_weights: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``need_weights``: also return the attention probabilities (B, heads, N, N) (see :class:`Attention`)."""
+        """``need_weights``: also return the attention probabilities (B, heads, N, N) (see :class:`Attention`).
+        In a bf16 autocast step on a CPU, both norms run in :func:`native_add_norm` (the same function, with the
+        residual add and the casts to bf16 folded in)."""
+        fused = native_add_norm_available(x, self.pre_norm) and native_add_norm_available(x, self.norm1)
+        normed = native_add_norm(x, None, self.pre_norm) if fused else self.pre_norm(x)
         if need_weights:
-            attended, weights = self.self_attn(self.pre_norm(x), attn_mask=attn_mask, need_weights=True)
+            attended, weights = self.self_attn(normed, attn_mask=attn_mask, need_weights=True)
         else:
-            attended = self.self_attn(self.pre_norm(x), attn_mask=attn_mask)
-        x = x + self.drop_path(attended)
-        x = self.norm1(x)
-        mlp = self.linear2(self.dropout1(F.gelu(self.linear1(x))))
+            attended = self.self_attn(normed, attn_mask=attn_mask)
+        if fused and attended.dtype == torch.bfloat16:
+            scale = self.drop_path.sample_scale(attended) if isinstance(self.drop_path, DropPath) else None
+            hidden_input, x = native_add_norm(x, attended, self.norm1, branch_scale=scale, keep_fp32=True)
+        else:
+            x = self.norm1(x + self.drop_path(attended))
+            hidden_input = x
+        mlp = self.linear2(self.dropout1(F.gelu(self.linear1(hidden_input))))
         x = x + self.drop_path(self.dropout2(mlp))
         return (x, weights) if need_weights else x
 

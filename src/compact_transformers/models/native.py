@@ -1,7 +1,8 @@
 """Native CPU kernels, compiled on first use with the system's C compiler and cached.
 
 One C file, ``softmax_dropout.c``: attention's softmax fused with its dropout (see
-:func:`.layers.softmax_dropout`) and, on CPUs with AMX, attention's whole core in training with its matmuls on
+:func:`.layers.softmax_dropout`), LayerNorm fused with the residual add before it and the bf16 cast after it
+(:func:`.layers.native_add_norm`) and, on CPUs with AMX, attention's whole core in training with its matmuls on
 AVX-512 BF16 dot products or AMX tiles (:func:`.layers.native_attention`). Its mask is a counter-based hash of a seed drawn from torch's
 generator, so ``torch.manual_seed`` still fixes every mask, a resumed run draws the same ones, and the backward recomputes
 the mask instead of storing it. Without a compiler, or with ``CCT_NATIVE=0``, :func:`softmax_dropout_library`
@@ -61,6 +62,11 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
         [ctypes.c_void_p] * 5 + sizes + [ctypes.c_uint64, ctypes.c_uint32] + scales_threads)  # + the mask's draw
     library.cct_attention_backward.argtypes = [ctypes.c_void_p] * 6 + sizes + scales_threads
     library.cct_attention_forward.restype = library.cct_attention_backward.restype = ctypes.c_int
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    library.cct_add_norm_forward.argtypes = ([pointer] * 3 + [size] + [pointer] * 2 + [ctypes.c_float, size, size]
+                                             + [pointer] * 5 + [ctypes.c_int])
+    library.cct_add_norm_backward.argtypes = [pointer] * 7 + [size] * 3 + [pointer] * 4 + [ctypes.c_int]
+    library.cct_add_norm_forward.restype = library.cct_add_norm_backward.restype = ctypes.c_int
     return library
 
 

@@ -352,6 +352,154 @@ int cct_softmax_dropout_vector_rows(void) {
 #endif
 }
 
+/* LayerNorm over the last axis of fp32 rows, fused with the residual add before it and the bf16 cast after it,
+ * for a bf16 (autocast) step on a CPU: s = x + scale[sample] * branch (branch bf16, optional; scale optional, one
+ * per sample of `tokens` rows: stochastic depth), y = (s - mean) / sqrt(var + eps) * weight + bias, written as
+ * fp32 and/or bf16. One pass over each row where torch makes three (a type-promoting add, the norm, a cast).
+ * The backward takes the gradient of either output or of both (fp32, bf16) and writes the input's gradient
+ * (fp32, and the branch's in bf16) and each thread's partial sums for weight and bias. */
+typedef struct {
+    const float *x, *branch_scale, *weight, *bias, *saved, *mean, *rstd, *grad;
+    const uint16_t *branch, *grad_bf16;
+    float *sum, *out, *mean_out, *rstd_out, *grad_input, *grad_weight, *grad_bias;
+    uint16_t *out_bf16, *grad_branch;
+    int64_t row_begin, row_end, dim, tokens;
+    float eps;
+    int status;
+} NormJob;
+
+static void norm_forward_rows(NormJob *job) {
+    const int64_t dim = job->dim;
+    for (int64_t i = job->row_begin; i < job->row_end; i++) {
+        const float *x = job->x + i * dim, *s = x;
+        if (job->branch != NULL) { /* the sum: kept, or in out until y replaces it */
+            float *sum = job->sum != NULL ? job->sum + i * dim : job->out + i * dim;
+            const uint16_t *branch = job->branch + i * dim;
+            const float scale = job->branch_scale != NULL ? job->branch_scale[i / job->tokens] : 1.0f;
+            for (int64_t j = 0; j < dim; j++) sum[j] = x[j] + scale * bf16_to_float(branch[j]);
+            s = sum;
+        }
+        float total = 0.0f;
+        for (int64_t j = 0; j < dim; j++) total += s[j];
+        const float mean = total / (float)dim;
+        float squares = 0.0f;
+        for (int64_t j = 0; j < dim; j++) squares += (s[j] - mean) * (s[j] - mean);
+        const float rstd = 1.0f / sqrtf(squares / (float)dim + job->eps);
+        job->mean_out[i] = mean;
+        job->rstd_out[i] = rstd;
+        float *out = job->out != NULL ? job->out + i * dim : NULL;
+        uint16_t *out_bf16 = job->out_bf16 != NULL ? job->out_bf16 + i * dim : NULL;
+        for (int64_t j = 0; j < dim; j++) {
+            const float y = (s[j] - mean) * rstd * job->weight[j] + job->bias[j];
+            if (out_bf16 != NULL) out_bf16[j] = float_to_bf16(y);
+            if (out != NULL) out[j] = y;
+        }
+    }
+}
+
+static void norm_backward_rows(NormJob *job) {
+    const int64_t dim = job->dim;
+    for (int64_t i = job->row_begin; i < job->row_end; i++) {
+        const float *s = job->saved + i * dim, mean = job->mean[i], rstd = job->rstd[i];
+        const float *grad = job->grad != NULL ? job->grad + i * dim : NULL;
+        const uint16_t *grad_bf16 = job->grad_bf16 != NULL ? job->grad_bf16 + i * dim : NULL;
+        float *grad_input = job->grad_input + i * dim; /* first the incoming gradient, then the input's */
+        float a = 0.0f, c = 0.0f;
+        for (int64_t j = 0; j < dim; j++) {
+            const float g = (grad != NULL ? grad[j] : 0.0f) + (grad_bf16 != NULL ? bf16_to_float(grad_bf16[j]) : 0.0f);
+            const float normed = (s[j] - mean) * rstd;
+            job->grad_weight[j] += g * normed;
+            job->grad_bias[j] += g;
+            const float weighted = g * job->weight[j];
+            grad_input[j] = weighted;
+            a += weighted;
+            c += weighted * normed;
+        }
+        a /= (float)dim;
+        c /= (float)dim;
+        for (int64_t j = 0; j < dim; j++) grad_input[j] = rstd * (grad_input[j] - a - (s[j] - mean) * rstd * c);
+        if (job->grad_branch != NULL) {
+            const float scale = job->branch_scale != NULL ? job->branch_scale[i / job->tokens] : 1.0f;
+            uint16_t *grad_branch = job->grad_branch + i * dim;
+            for (int64_t j = 0; j < dim; j++) grad_branch[j] = float_to_bf16(scale * grad_input[j]);
+        }
+    }
+}
+
+static void *norm_task(void *arg) {
+    NormJob *job = (NormJob *)arg;
+    if (job->grad_input != NULL && job->saved != NULL) norm_backward_rows(job);
+    else norm_forward_rows(job);
+    job->status = 0;
+    return NULL;
+}
+
+/* Rows split over `threads` threads (the caller's included). The backward's partial sums: grad_weight and
+ * grad_bias are (threads x dim), zeroed by the caller, one row per thread (threads as passed, at most
+ * MAX_THREADS). */
+static int run_norm(const NormJob *whole, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    NormJob jobs[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = *whole;
+        jobs[t].row_begin = whole->row_end * t / threads;
+        jobs[t].row_end = whole->row_end * (t + 1) / threads;
+        if (whole->grad_weight != NULL) {
+            jobs[t].grad_weight = whole->grad_weight + t * whole->dim;
+            jobs[t].grad_bias = whole->grad_bias + t * whole->dim;
+        }
+        jobs[t].status = 1;
+    }
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, norm_task, &jobs[t]) == 0;
+    norm_task(&jobs[0]);
+    int status = jobs[0].status;
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(handles[t], NULL);
+        else norm_task(&jobs[t]);
+        status |= jobs[t].status;
+    }
+    return status;
+}
+
+/* y = LayerNorm(x + branch_scale[row / tokens] * branch) for rows x dim: branch (bf16), branch_scale and sum
+ * may be NULL (no branch; no scale; the sum not kept: with a branch, out must then be given, and holds the sum
+ * until it holds y); out (fp32) and out_bf16 may each be NULL, not both. Writes each row's mean and 1/std.
+ * 0 on success, 2 for a refused input. */
+int cct_add_norm_forward(const float *x, const void *branch, const float *branch_scale, int64_t tokens,
+                         const float *weight, const float *bias, float eps, int64_t rows, int64_t dim, float *sum,
+                         float *out, void *out_bf16, float *mean, float *rstd, int threads) {
+    if (rows < 0 || dim < 1 || tokens < 1 || (out == NULL && out_bf16 == NULL) ||
+        (branch != NULL && sum == NULL && out == NULL))
+        return 2;
+    NormJob job;
+    memset(&job, 0, sizeof job);
+    job.x = x; job.branch = (const uint16_t *)branch; job.branch_scale = branch_scale; job.tokens = tokens;
+    job.weight = weight; job.bias = bias; job.eps = eps; job.row_end = rows; job.dim = dim;
+    job.sum = sum; job.out = out; job.out_bf16 = (uint16_t *)out_bf16; job.mean_out = mean; job.rstd_out = rstd;
+    return run_norm(&job, threads);
+}
+
+/* The backward of cct_add_norm_forward: saved is the normalised input (the sum, or x without a branch), grad
+ * and grad_bf16 the gradients of the fp32 and bf16 outputs (either may be NULL); writes grad_input (fp32),
+ * grad_branch (bf16, scaled as the branch was; may be NULL) and the partial sums grad_weight, grad_bias
+ * (threads x dim, zeroed by the caller). */
+int cct_add_norm_backward(const float *saved, const float *mean, const float *rstd, const float *weight,
+                          const float *grad, const void *grad_bf16, const float *branch_scale, int64_t tokens,
+                          int64_t rows, int64_t dim, float *grad_input, void *grad_branch, float *grad_weight,
+                          float *grad_bias, int threads) {
+    if (rows < 0 || dim < 1 || tokens < 1 || (grad == NULL && grad_bf16 == NULL)) return 2;
+    NormJob job;
+    memset(&job, 0, sizeof job);
+    job.saved = saved; job.mean = mean; job.rstd = rstd; job.weight = weight; job.grad = grad;
+    job.grad_bf16 = (const uint16_t *)grad_bf16; job.branch_scale = branch_scale; job.tokens = tokens;
+    job.row_end = rows; job.dim = dim; job.grad_input = grad_input; job.grad_branch = (uint16_t *)grad_branch;
+    job.grad_weight = grad_weight; job.grad_bias = grad_bias;
+    return run_norm(&job, threads);
+}
+
 #ifdef HAVE_AVX512_BF16
 /* The whole attention core of a training step, forward and backward, on CPUs with AVX-512 BF16 (AMD Zen 4 and
  * later, Intel Xeon 4th gen and later): one (image, head) at a time, its Q K^T, softmax, dropout and product
