@@ -10,6 +10,7 @@ from torch import nn
 from compact_transformers.errors import ConfigError
 from compact_transformers.models import native
 from compact_transformers.models.layers import EncoderBlock, native_add_norm, native_add_norm_available
+from autograd_graph import graph_names
 
 needs_library = pytest.mark.skipif(native.softmax_dropout_library() is None, reason="no C compiler here")
 
@@ -20,17 +21,6 @@ def _norm(dim: int) -> nn.LayerNorm:
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-0.5, 0.5)
     return norm
-
-
-def _graph_names(node) -> set[str]:
-    names, seen, stack = set(), set(), [node]
-    while stack:
-        node = stack.pop()
-        if node is not None and id(node) not in seen:
-            seen.add(id(node))
-            names.add(type(node).__name__)
-            stack.extend(parent for parent, _ in node.next_functions)
-    return names
 
 
 @needs_library
@@ -102,7 +92,7 @@ def _run_block(block: EncoderBlock, x: torch.Tensor, seed: int) -> tuple[torch.T
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(inputs)
     out.float().square().mean().backward()
-    return out.float(), inputs.grad, _graph_names(out.grad_fn)
+    return out.float(), inputs.grad, graph_names(out.grad_fn)
 
 
 @needs_library

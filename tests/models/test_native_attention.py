@@ -12,6 +12,7 @@ from compact_transformers.models import native
 from compact_transformers.models.layers import (
     Attention, native_attention, native_attention_available, softmax_dropout_keep_mask,
 )
+from autograd_graph import graph_names
 
 needs_kernel = pytest.mark.skipif(not native.attention_available(),
                                   reason="no AVX-512 BF16 (or no C compiler) here")
@@ -149,17 +150,6 @@ def test_the_c_entry_points_refuse_an_unknown_engine() -> None:
         assert status == 2, engine
 
 
-def _graph_names(node) -> set[str]:
-    names, seen, stack = set(), set(), [node]
-    while stack:
-        node = stack.pop()
-        if node is not None and id(node) not in seen:
-            seen.add(id(node))
-            names.add(type(node).__name__)
-            stack.extend(parent for parent, _ in node.next_functions)
-    return names
-
-
 @needs_kernel
 def test_training_attention_takes_the_kernel_and_agrees_with_the_explicit_path(engine: int) -> None:
     torch.manual_seed(0)
@@ -176,7 +166,7 @@ def test_training_attention_takes_the_kernel_and_agrees_with_the_explicit_path(e
         out.float().square().sum().backward()
         outputs.append(out.float())
         grads.append(inputs.grad)
-        backward_nodes.append(_graph_names(out.grad_fn))
+        backward_nodes.append(graph_names(out.grad_fn))
     assert "_NativeAttentionBackward" in backward_nodes[0] and "_NativeAttentionBackward" not in backward_nodes[1]
     scale = outputs[1].abs().max()
     # the explicit path rounds the scores to bf16 before the softmax, the kernel keeps them in fp32
@@ -224,7 +214,7 @@ def test_evaluation_takes_it_without_dropout_and_agrees_with_sdpa() -> None:
         again = fused(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         graph = fused(x)
-    assert "_NativeAttentionBackward" in _graph_names(graph.grad_fn)
+    assert "_NativeAttentionBackward" in graph_names(graph.grad_fn)
     assert torch.equal(out, again)
     assert (out.float() - expected.float()).abs().max() <= 0.03 * expected.float().abs().max()
 
@@ -243,4 +233,4 @@ def test_an_odd_head_width_trains_on_the_explicit_path() -> None:
     module = Attention(dim=30, num_heads=2, attn_dropout=0.1).train()  # heads of 15
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(torch.randn(2, 8, 30))
-    assert "_NativeAttentionBackward" not in _graph_names(out.grad_fn) and out.shape == (2, 8, 30)
+    assert "_NativeAttentionBackward" not in graph_names(out.grad_fn) and out.shape == (2, 8, 30)

@@ -275,6 +275,21 @@ static void backward_rows(const Job *job, float *row) {
     }
 }
 
+/* Runs task on each of `count` jobs (job_size bytes apart): the first on the caller's thread where first_here,
+ * the others on threads of their own (a share whose thread cannot be had runs here, as a last resort). */
+static void run_on_threads(void *(*task)(void *), void *jobs, size_t job_size, int count, int first_here) {
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    char *job = (char *)jobs;
+    for (int t = first_here; t < count; t++)
+        started[t] = pthread_create(&handles[t], NULL, task, job + (size_t)t * job_size) == 0;
+    if (first_here) task(job);
+    for (int t = first_here; t < count; t++) {
+        if (started[t]) pthread_join(handles[t], NULL);
+        else task(job + (size_t)t * job_size);
+    }
+}
+
 typedef struct {
     const Job *job;
     int backward;
@@ -304,22 +319,15 @@ static int run(const Job *whole, int backward, int threads) {
     if (whole->row_end < threads) threads = whole->row_end > 0 ? (int)whole->row_end : 1;
     Job jobs[MAX_THREADS];
     Task tasks[MAX_THREADS];
-    pthread_t handles[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     for (int t = 0; t < threads; t++) {
         jobs[t] = *whole;
         jobs[t].row_begin = whole->row_end * t / threads;
         jobs[t].row_end = whole->row_end * (t + 1) / threads;
         tasks[t] = (Task){&jobs[t], backward, 1};
     }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, run_task, &tasks[t]) == 0;
-    run_task(&tasks[0]);
-    int status = tasks[0].status;
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(handles[t], NULL);
-        else run_task(&tasks[t]); /* no thread to be had: do its share here */
-        status |= tasks[t].status;
-    }
+    run_on_threads(run_task, tasks, sizeof tasks[0], threads, 1);
+    int status = 0;
+    for (int t = 0; t < threads; t++) status |= tasks[t].status;
     return status;
 }
 
@@ -441,8 +449,6 @@ static int run_norm(const NormJob *whole, int threads) {
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     NormJob jobs[MAX_THREADS];
-    pthread_t handles[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     for (int t = 0; t < threads; t++) {
         jobs[t] = *whole;
         jobs[t].row_begin = whole->row_end * t / threads;
@@ -453,14 +459,9 @@ static int run_norm(const NormJob *whole, int threads) {
         }
         jobs[t].status = 1;
     }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, norm_task, &jobs[t]) == 0;
-    norm_task(&jobs[0]);
-    int status = jobs[0].status;
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(handles[t], NULL);
-        else norm_task(&jobs[t]);
-        status |= jobs[t].status;
-    }
+    run_on_threads(norm_task, jobs, sizeof jobs[0], threads, 1);
+    int status = 0;
+    for (int t = 0; t < threads; t++) status |= jobs[t].status;
     return status;
 }
 
@@ -979,8 +980,6 @@ static int run_attention(const AttentionJob *whole, int threads) {
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (pairs < threads) threads = pairs > 0 ? (int)pairs : 1;
     AttentionJob jobs[MAX_THREADS];
-    pthread_t handles[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     /* whole images per thread where there are enough of them (and an image's result fits a cache) */
     const int staged = whole->batch >= threads && whole->tokens * 3 * whole->heads * whole->head_dim <= (1 << 20);
     for (int t = 0; t < threads; t++) {
@@ -992,13 +991,9 @@ static int run_attention(const AttentionJob *whole, int threads) {
     }
     /* every share on a thread of its own, the caller's included: the caller also runs oneDNN's AMX kernels,
      * whose tile configuration this one must not touch */
-    for (int t = 0; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, attention_task, &jobs[t]) == 0;
+    run_on_threads(attention_task, jobs, sizeof jobs[0], threads, 0);
     int status = 0;
-    for (int t = 0; t < threads; t++) {
-        if (started[t]) pthread_join(handles[t], NULL);
-        else attention_task(&jobs[t]); /* no thread to be had: here, as a last resort */
-        status |= jobs[t].status;
-    }
+    for (int t = 0; t < threads; t++) status |= jobs[t].status;
     return status;
 }
 #endif
