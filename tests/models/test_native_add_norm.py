@@ -139,3 +139,16 @@ def test_bad_branches_are_refused() -> None:
         native_add_norm(x, torch.randn(2, 3, 8).to(torch.bfloat16), norm)
     with pytest.raises(ConfigError, match="one factor per sample"):
         native_add_norm(x, torch.randn(2, 3, 16).to(torch.bfloat16), norm, branch_scale=torch.ones(3))
+
+
+def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    norm = _norm(16)
+    x = torch.randn(2, 3, 16)
+    for setting, expected in (("0", False), ("1", native.softmax_dropout_library() is not None)):
+        monkeypatch.setenv("CCT_NATIVE_NORM", setting)
+        native.add_norm_enabled.cache_clear()
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert native_add_norm_available(x, norm) == expected, setting
+        finally:
+            native.add_norm_enabled.cache_clear()

@@ -281,13 +281,14 @@ def _pointer(tensor: torch.Tensor | None) -> int | None:
 
 def native_add_norm_available(x: torch.Tensor, norm: nn.LayerNorm) -> bool:
     """Whether :func:`native_add_norm` can take ``x`` for ``norm``: fp32 on a CPU inside bf16 autocast, a
-    LayerNorm over the last axis with fp32 weight and bias, eager mode, and the library built."""
+    LayerNorm over the last axis with fp32 weight and bias, eager mode, the library built and not
+    ``CCT_NATIVE_NORM=0``."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
             and isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1
             and norm.normalized_shape[0] == x.shape[-1] and norm.weight is not None and norm.bias is not None
             and norm.weight.dtype == torch.float32 and norm.bias.dtype == torch.float32
-            and not torch.compiler.is_compiling() and native.softmax_dropout_library() is not None)
+            and not torch.compiler.is_compiling() and native.add_norm_enabled())
 
 
 def native_add_norm(x: torch.Tensor, branch: torch.Tensor | None, norm: nn.LayerNorm, *,

@@ -133,3 +133,10 @@ def attention_engine() -> int:
 def attention_available() -> bool:
     """Whether the fused attention kernel runs here (see :func:`attention_engine`)."""
     return attention_engine() != 0
+
+
+@cache
+def add_norm_enabled() -> bool:
+    """Whether the fused residual add + LayerNorm kernel may run (the library built, and not ``CCT_NATIVE_NORM=0``,
+    which keeps torch's operators, for comparisons)."""
+    return os.environ.get("CCT_NATIVE_NORM", "1").strip() != "0" and softmax_dropout_library() is not None
