@@ -412,9 +412,17 @@ static void norm_backward_rows(NormJob *job) {
         const float *grad = job->grad != NULL ? job->grad + i * dim : NULL;
         const uint16_t *grad_bf16 = job->grad_bf16 != NULL ? job->grad_bf16 + i * dim : NULL;
         float *grad_input = job->grad_input + i * dim; /* first the incoming gradient, then the input's */
+        /* the sum of the two gradients first, each case its own loop: a load under a condition does not vectorise */
+        if (grad != NULL && grad_bf16 != NULL) {
+            for (int64_t j = 0; j < dim; j++) grad_input[j] = grad[j] + bf16_to_float(grad_bf16[j]);
+        } else if (grad != NULL) {
+            memcpy(grad_input, grad, sizeof(float) * (size_t)dim);
+        } else {
+            for (int64_t j = 0; j < dim; j++) grad_input[j] = bf16_to_float(grad_bf16[j]);
+        }
         float a = 0.0f, c = 0.0f;
         for (int64_t j = 0; j < dim; j++) {
-            const float g = (grad != NULL ? grad[j] : 0.0f) + (grad_bf16 != NULL ? bf16_to_float(grad_bf16[j]) : 0.0f);
+            const float g = grad_input[j];
             const float normed = (s[j] - mean) * rstd;
             job->grad_weight[j] += g * normed;
             job->grad_bias[j] += g;
