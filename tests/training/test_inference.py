@@ -4,6 +4,7 @@ and the evaluation path picks it by measurement."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import torch
@@ -76,9 +77,31 @@ def test_inference_model_compiles_only_a_long_evaluation(monkeypatch: pytest.Mon
     assert inference_model(model, batch, amp_dtype=None, batches=10**6) is model  # fp32: the model itself
     assert inference_model(model, batch, amp_dtype=torch.bfloat16, batches=1) is model  # short: as training evaluates
     monkeypatch.setattr(runtime, "COMPILE_WORTH_S", 0.0)
+    timings = iter([0.010, 0.005])  # eager, then compiled: the compiled copy is faster
+    monkeypatch.setattr(runtime, "_second_call_seconds", lambda model, batch: next(timings))
     long = inference_model(model, batch, amp_dtype=torch.bfloat16, batches=10)
     assert isinstance(long, LowPrecisionInference) and long.compiled is not None and long.batch_size == 4
     assert not model.training  # tiny_model is in eval mode, and stays so
+
+
+def test_inference_model_keeps_the_model_where_the_compiled_copy_is_not_faster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model()
+    monkeypatch.setattr(runtime, "COMPILE_WORTH_S", 0.0)
+    timings = iter([0.005, 0.010])  # eager faster
+    monkeypatch.setattr(runtime, "_second_call_seconds", lambda model, batch: next(timings))
+    assert inference_model(model, images(4), amp_dtype=torch.bfloat16, batches=10) is model
+
+
+def test_second_call_seconds_times_the_second_call() -> None:
+    calls = []
+
+    def model(batch: torch.Tensor) -> None:
+        calls.append(batch)
+        if len(calls) == 1:
+            time.sleep(0.2)  # what a first call builds
+
+    assert runtime._second_call_seconds(model, torch.zeros(1)) < 0.1 and len(calls) == 2
 
 
 def test_inference_model_restores_training_mode_when_the_batch_is_rejected() -> None:

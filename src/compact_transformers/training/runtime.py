@@ -165,36 +165,51 @@ def inference_model(model: torch.nn.Module, first_batch: torch.Tensor, *, amp_dt
     the model's device), chosen by measurement: ``model`` itself (to be run under ``amp_dtype`` autocast, as
     training evaluates, so the figures equal the run's), unless timing it on ``first_batch`` on a CPU with bf16
     says the evaluation would take over ``COMPILE_WORTH_S``: then a compiled :class:`LowPrecisionInference`
-    copy (its figures can differ from autocast's in the last digits)."""
+    copy (its figures can differ from autocast's in the last digits), if it runs ``first_batch`` faster (on an AMX
+    Xeon it ran CCT-7/3x1 1.8x as fast; on an AMD EPYC without AMX, where the model's own fused attention kernel
+    runs in eager mode, it was slower: 176 against 200-215 img/s)."""
     if amp_dtype is None or first_batch.device.type != "cpu":
         return model
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), torch.autocast("cpu", dtype=amp_dtype):
-            model(first_batch)  # the first call creates the oneDNN primitives: time the second
-            start = time.perf_counter()
-            model(first_batch)
-            expected_s = (time.perf_counter() - start) * batches
+            eager_s = _second_call_seconds(model, first_batch)  # the first creates the oneDNN primitives
     finally:
         model.train(was_training)  # also when the model rejects the batch
-    if expected_s <= COMPILE_WORTH_S:
+    if eager_s * batches <= COMPILE_WORTH_S:
         return model
-    logger.info("evaluation expected to take %.0f s: compiling a bf16 copy of the model first", expected_s)
-    return LowPrecisionInference(model, amp_dtype).compile_for(first_batch.shape[0])
+    logger.info("evaluation expected to take %.0f s: compiling a bf16 copy of the model first", eager_s * batches)
+    compiled = LowPrecisionInference(model, amp_dtype).compile_for(first_batch.shape[0])
+    with torch.no_grad():
+        compiled_s = _second_call_seconds(compiled, first_batch)  # the first compiles
+    if compiled_s >= eager_s:
+        logger.info("the compiled copy is not faster here (%.0f against %.0f ms a batch): evaluating the model as "
+                    "training does", compiled_s * 1e3, eager_s * 1e3)
+        return model
+    return compiled
+
+
+def _second_call_seconds(model: torch.nn.Module, batch: torch.Tensor) -> float:
+    """Seconds of the second of two calls of ``model`` on ``batch`` (the first one builds what it caches)."""
+    model(batch)
+    start = time.perf_counter()
+    model(batch)
+    return time.perf_counter() - start
 
 
 def make_infer_step(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], None]:
-    """One inference step of ``model`` on ``images`` by the path `cct eval` takes on a long evaluation (a
-    compiled bf16 copy on a CPU with bf16): the hook `../shared/bench/speed_vs_official.py` times."""
+    """One inference step of ``model`` on ``images`` by the path `cct eval` takes on a long evaluation
+    (:func:`inference_model`'s choice): the hook `../shared/bench/speed_vs_official.py` times."""
     device = images.device
-    model = prepare_model(model, device)
+    model = prepare_model(model, device).eval()
     images = prepare_input(images)
     amp_dtype = autocast_dtype(device, amp=True)
-    fast = LowPrecisionInference(model, amp_dtype).compile_for(images.shape[0]) if amp_dtype else model.eval()
+    fast = inference_model(model, images, amp_dtype=amp_dtype, batches=10**6)  # a long evaluation
 
     def step() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                             enabled=amp_dtype is not None and fast is model):
             fast(images)
 
     return step
