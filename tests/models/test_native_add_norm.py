@@ -15,6 +15,12 @@ from autograd_graph import graph_names
 needs_library = pytest.mark.skipif(native.softmax_dropout_library() is None, reason="no C compiler here")
 
 
+@pytest.fixture
+def enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel turned on, as CCT_NATIVE_NORM=1 does (it is off by default)."""
+    monkeypatch.setattr(native, "add_norm_enabled", lambda: True)
+
+
 def _norm(dim: int) -> nn.LayerNorm:
     norm = nn.LayerNorm(dim)
     with torch.no_grad():
@@ -97,7 +103,8 @@ def _run_block(block: EncoderBlock, x: torch.Tensor, seed: int) -> tuple[torch.T
 
 @needs_library
 @pytest.mark.parametrize("drop_path", [0.0, 0.3])
-def test_the_encoder_block_takes_it_and_agrees_with_torch(drop_path: float, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_encoder_block_takes_it_and_agrees_with_torch(drop_path: float, monkeypatch: pytest.MonkeyPatch,
+                                                         enabled: None) -> None:
     from compact_transformers.models import layers
 
     torch.manual_seed(0)
@@ -117,7 +124,7 @@ def test_the_encoder_block_takes_it_and_agrees_with_torch(drop_path: float, monk
 
 
 @needs_library
-def test_where_it_is_not_taken() -> None:
+def test_where_it_is_not_taken(enabled: None) -> None:
     norm = _norm(16)
     x = torch.randn(2, 3, 16)
     assert not native_add_norm_available(x, norm)  # no autocast: fp32 arithmetic stays torch's
@@ -141,11 +148,15 @@ def test_bad_branches_are_refused() -> None:
         native_add_norm(x, torch.randn(2, 3, 16).to(torch.bfloat16), norm, branch_scale=torch.ones(3))
 
 
-def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_turns_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
     norm = _norm(16)
     x = torch.randn(2, 3, 16)
-    for setting, expected in (("0", False), ("1", native.softmax_dropout_library() is not None)):
-        monkeypatch.setenv("CCT_NATIVE_NORM", setting)
+    built = native.softmax_dropout_library() is not None
+    for setting, expected in ((None, False), ("0", False), ("1", built)):
+        if setting is None:
+            monkeypatch.delenv("CCT_NATIVE_NORM", raising=False)
+        else:
+            monkeypatch.setenv("CCT_NATIVE_NORM", setting)
         native.add_norm_enabled.cache_clear()
         try:
             with torch.autocast("cpu", dtype=torch.bfloat16):

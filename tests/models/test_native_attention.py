@@ -156,7 +156,7 @@ def test_training_attention_takes_the_kernel_and_agrees_with_the_explicit_path(e
     fused = Attention(dim=128, num_heads=2, attn_dropout=0.1, impl="auto").train()
     explicit = Attention(dim=128, num_heads=2, attn_dropout=0.1, impl="explicit").train()
     explicit.load_state_dict(fused.state_dict())
-    x = torch.randn(3, 50, 128)
+    x = torch.randn(3, native.VECTOR_MIN_TOKENS + 5, 128)  # long enough for either engine
     outputs, grads, backward_nodes = [], [], []
     for module in (fused, explicit):
         torch.manual_seed(7)  # the same seed: both draw one 64-bit seed per call, so the same mask
@@ -172,6 +172,25 @@ def test_training_attention_takes_the_kernel_and_agrees_with_the_explicit_path(e
     # the explicit path rounds the scores to bf16 before the softmax, the kernel keeps them in fp32
     assert (outputs[0] - outputs[1]).abs().max() <= 0.03 * scale
     assert (grads[0] - grads[1]).abs().max() <= 0.03 * grads[1].abs().max()
+
+
+def test_short_sequences_stay_on_the_explicit_path_on_the_vector_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "attention_engine", lambda: native.ENGINE_VECTOR)
+    assert not native.attention_pays(native.VECTOR_MIN_TOKENS - 1) and native.attention_pays(native.VECTOR_MIN_TOKENS)
+    monkeypatch.setattr(native, "attention_engine", lambda: native.ENGINE_AMX)
+    assert native.attention_pays(1)
+    monkeypatch.setattr(native, "attention_engine", lambda: 0)
+    assert not native.attention_pays(1024)
+
+
+@needs_kernel
+def test_a_short_sequence_on_the_vector_engine_trains_on_the_explicit_path(engine: int) -> None:
+    module = Attention(dim=64, num_heads=2, attn_dropout=0.1).train()
+    tokens = 49  # CCT-2/3x2 on 28x28 images
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(torch.randn(2, tokens, 64))
+    taken = "_NativeAttentionBackward" in graph_names(out.grad_fn)
+    assert taken == (engine == native.ENGINE_AMX)
 
 
 def test_where_the_kernel_is_not_taken() -> None:
@@ -203,7 +222,7 @@ def test_evaluation_takes_it_without_dropout_and_agrees_with_sdpa() -> None:
     fused = Attention(dim=128, num_heads=2, attn_dropout=0.3, impl="auto").eval()
     sdpa = Attention(dim=128, num_heads=2, attn_dropout=0.3, impl="sdpa").eval()
     sdpa.load_state_dict(fused.state_dict())
-    x = torch.randn(3, 50, 128)
+    x = torch.randn(3, native.VECTOR_MIN_TOKENS + 5, 128)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         torch.manual_seed(1)
         out = fused(x)

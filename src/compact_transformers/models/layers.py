@@ -34,7 +34,8 @@ class Attention(nn.Module):
     :func:`softmax_dropout` (the same distribution as ``nn.Dropout``), in C where a compiler is at hand; with
     ``"auto"``, bf16 activations (autocast) and a CPU with AVX-512 BF16 (AMD Zen 4+, Intel with AMX), the whole
     core (q k^T, softmax, dropout, times v) runs in :func:`native_attention` instead, in training (where it drops
-    the same entries for the same seed) and in evaluation (2x the speed of SDPA or torch's matmuls there).
+    the same entries for the same seed) and in evaluation, where it pays (:func:`.native.attention_pays`: with
+    AMX always, on AVX-512 BF16 alone from ``VECTOR_MIN_TOKENS`` tokens).
     """
 
     def __init__(
@@ -69,7 +70,8 @@ class Attention(nn.Module):
         batch, tokens, dim = x.shape
         qkv = self.qkv(x)
         if (self.impl == "auto" and attn_mask is None and not need_weights
-                and native_attention_available(qkv, self.num_heads)):  # bf16 on a CPU with AVX-512 BF16
+                and native_attention_available(qkv, self.num_heads)
+                and native.attention_pays(tokens)):  # bf16 on a CPU with AVX-512 BF16, long enough sequences
             out = native_attention(qkv, self.num_heads, self.attn_dropout if self.training else 0.0, self.scale)
             return self.proj_drop(self.proj(out))
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -281,8 +283,8 @@ def _pointer(tensor: torch.Tensor | None) -> int | None:
 
 def native_add_norm_available(x: torch.Tensor, norm: nn.LayerNorm) -> bool:
     """Whether :func:`native_add_norm` can take ``x`` for ``norm``: fp32 on a CPU inside bf16 autocast, a
-    LayerNorm over the last axis with fp32 weight and bias, eager mode, the library built and not
-    ``CCT_NATIVE_NORM=0``."""
+    LayerNorm over the last axis with fp32 weight and bias, eager mode, the library built and
+    ``CCT_NATIVE_NORM=1`` (off by default: see :func:`.native.add_norm_enabled`)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
             and isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1
@@ -441,8 +443,8 @@ class EncoderBlock(nn.Module):
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, need_weights: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``need_weights``: also return the attention probabilities (B, heads, N, N) (see :class:`Attention`).
-        In a bf16 autocast step on a CPU, both norms run in :func:`native_add_norm` (the same function, with the
-        residual add and the casts to bf16 folded in)."""
+        In a bf16 autocast step on a CPU with ``CCT_NATIVE_NORM=1``, both norms run in :func:`native_add_norm`
+        (the same function, with the residual add and the casts to bf16 folded in)."""
         fused = native_add_norm_available(x, self.pre_norm) and native_add_norm_available(x, self.norm1)
         normed = native_add_norm(x, None, self.pre_norm) if fused else self.pre_norm(x)
         if need_weights:

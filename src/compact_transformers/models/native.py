@@ -135,8 +135,22 @@ def attention_available() -> bool:
     return attention_engine() != 0
 
 
+# On the vector engine the fused kernel pays off for long sequences only (AMD EPYC, cct bench, batch 128):
+# CCT-7/3x1 (256 tokens) trains 1.16x faster with it, CCT-7/3x2 (64 tokens) the same, CCT-2/3x2 on 28x28 images
+# (49 tokens, padded to 64 inside) 8% slower. AMX tiles won or tied at every length measured.
+VECTOR_MIN_TOKENS = 65
+
+
+def attention_pays(tokens: int) -> bool:
+    """Whether ``Attention`` should hand a sequence of ``tokens`` to the fused kernel here, by what was measured."""
+    engine = attention_engine()
+    return engine == ENGINE_AMX or (engine == ENGINE_VECTOR and tokens >= VECTOR_MIN_TOKENS)
+
+
 @cache
 def add_norm_enabled() -> bool:
-    """Whether the fused residual add + LayerNorm kernel may run (the library built, and not ``CCT_NATIVE_NORM=0``,
-    which keeps torch's operators, for comparisons)."""
-    return os.environ.get("CCT_NATIVE_NORM", "1").strip() != "0" and softmax_dropout_library() is not None
+    """Whether the fused residual add + LayerNorm kernel may run: only with ``CCT_NATIVE_NORM=1`` (and the library
+    built). Off by default: measured on an AMD EPYC it made no difference to CCT-7/3x1's step that the bench could
+    resolve and slowed CCT-2/3x2 on 28x28 images by 5% (per call overhead on small tensors), although each fused
+    norm alone beats torch's three operators 1.6x on CCT-7/3x1's shapes; not yet measured on AMX."""
+    return os.environ.get("CCT_NATIVE_NORM", "0").strip() == "1" and softmax_dropout_library() is not None
