@@ -185,8 +185,9 @@ class _NativeSoftmaxDropout(torch.autograd.Function):
 class _NativeAttention(torch.autograd.Function):
     """``dropout(softmax(scale * q k^T)) v`` of every head, straight from the qkv projection's (B, N, 3·D) bf16
     output to the (B, N, D) input of the output projection, in the C kernel of :mod:`.native` on CPUs with
-    AMX: each (image, head) is computed in the thread's cache, so no N x N matrix is written to memory; the
-    backward recomputes the scores from q and k and reads the mask from 1 bit per entry that the forward saved.
+    AVX-512 BF16 (its matmuls on AMX tiles where there are some): each (image, head) is computed in the thread's
+    cache, so no N x N matrix is written to memory; the backward recomputes the scores from q and k and reads the
+    mask from 1 bit per entry that the forward saved.
     The dropout mask is the one ``softmax_dropout`` draws for these scores, for the same seed."""
 
     @staticmethod
@@ -285,12 +286,13 @@ def native_add_norm_available(x: torch.Tensor, norm: nn.LayerNorm) -> bool:
     """Whether :func:`native_add_norm` can take ``x`` for ``norm``: fp32 on a CPU inside bf16 autocast, a
     LayerNorm over the last axis with fp32 weight and bias, eager mode, the library built and
     ``CCT_NATIVE_NORM=1`` (off by default: see :func:`.native.add_norm_enabled`)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
+    return (native.add_norm_enabled()  # first: off by default, and then the one check a block pays
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
             and isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1
             and norm.normalized_shape[0] == x.shape[-1] and norm.weight is not None and norm.bias is not None
             and norm.weight.dtype == torch.float32 and norm.bias.dtype == torch.float32
-            and not torch.compiler.is_compiling() and native.add_norm_enabled())
+            and not torch.compiler.is_compiling())
 
 
 def native_add_norm(x: torch.Tensor, branch: torch.Tensor | None, norm: nn.LayerNorm, *,
@@ -329,15 +331,15 @@ def _even_heads(qkv: torch.Tensor, heads: int) -> bool:
 
 def native_attention_available(qkv: torch.Tensor, heads: int) -> bool:
     """Whether :func:`native_attention` can take this qkv projection output for ``heads`` heads: bf16 on a CPU
-    with AMX, an even head width, eager mode, at most ``ATTENTION_MAX_TOKENS`` tokens, and the library built
-    (not ``CCT_NATIVE=0``)."""
+    with AVX-512 BF16 (see :func:`.native.attention_engine`), an even head width, eager mode, at most
+    ``ATTENTION_MAX_TOKENS`` tokens, and the library built (not ``CCT_NATIVE=0``)."""
     return (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16 and _even_heads(qkv, heads)
             and 0 < qkv.shape[1] <= ATTENTION_MAX_TOKENS and qkv.shape[0] > 0
             and not torch.compiler.is_compiling() and native.attention_available())
 
 
 def native_attention(qkv: torch.Tensor, heads: int, p: float, scale: float) -> torch.Tensor:
-    """Multi-head attention's core in training, ``dropout(softmax(scale * q k^T), p) v`` (kept entries scaled
+    """Multi-head attention's core, ``dropout(softmax(scale * q k^T), p) v`` (kept entries scaled
     by 1/(1 - p)), from the (B, N, 3·D) output of the qkv projection to (B, N, D), heads side by side; needs
     :func:`native_attention_available`."""
     if not 0.0 <= p < 1.0:

@@ -2,11 +2,11 @@
 
 One C file, ``softmax_dropout.c``: attention's softmax fused with its dropout (see
 :func:`.layers.softmax_dropout`), LayerNorm fused with the residual add before it and the bf16 cast after it
-(:func:`.layers.native_add_norm`) and, on CPUs with AMX, attention's whole core in training with its matmuls on
-AVX-512 BF16 dot products or AMX tiles (:func:`.layers.native_attention`). Its mask is a counter-based hash of a seed drawn from torch's
-generator, so ``torch.manual_seed`` still fixes every mask, a resumed run draws the same ones, and the backward recomputes
-the mask instead of storing it. Without a compiler, or with ``CCT_NATIVE=0``, :func:`softmax_dropout_library`
-returns None and callers use torch's operators.
+(:func:`.layers.native_add_norm`) and, on CPUs with AVX-512 BF16, attention's whole core with its matmuls on
+AVX-512 BF16 dot products or AMX tiles (:func:`.layers.native_attention`). Its mask is a counter-based hash of a
+seed drawn from torch's generator, so ``torch.manual_seed`` still fixes every mask, a resumed run draws the same
+ones, and the backward recomputes the mask instead of storing it. Without a compiler, or with ``CCT_NATIVE=0``,
+:func:`softmax_dropout_library` returns None and callers use torch's operators.
 """
 
 from __future__ import annotations
