@@ -105,6 +105,28 @@ def test_a_diverged_loss_stops_the_epoch_within_a_few_steps_naming_the_learning_
     assert len(taken) == loop.SYNC_EVERY == 16
 
 
+def test_a_loss_gone_nan_on_another_process_stops_this_one_at_the_same_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several processes the divergence check is collective: a rank whose own loss is finite raises too,
+    instead of waiting forever in an all-reduce for the rank that stopped."""
+    reductions: list[bool] = []
+
+    def another_rank_diverged(flag: bool, device: torch.device, info) -> bool:
+        reductions.append(flag)
+        return True  # the other process's loss is NaN
+
+    monkeypatch.setattr(loop, "any_rank", another_rank_diverged)
+    model = create_model("cct_2_3x2_32", img_size=16, in_chans=1, num_classes=4)
+    tools = build_step_tools(model, TrainConfig(aa=None), num_classes=4, steps_per_epoch=40, augment=None)
+    batch = Batch(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3]))
+    batches = (batch for _ in range(40))
+    with pytest.raises(DivergedError, match=r"not finite on another process \(2 in all\) by step 15"):
+        loop.train_one_epoch(model, tools, batches, first_global_step=0, start_step=0, steps_per_epoch=40,
+                             partial=None, should_stop=lambda: False,
+                             info=loop.DistInfo(rank=0, world_size=2))  # fmt: skip
+    assert reductions == [False]  # this rank's own loss was finite; one reduction, at the first check
+
+
 def test_the_training_step_never_waits_for_the_device() -> None:
     """Augmentation, mixing, forward, loss, backward and optimizer of an image step, and a text step, on the meta
     device: no value is read back and no copy blocks (on a GPU each would leave it idle while the host works)."""

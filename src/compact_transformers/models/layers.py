@@ -102,8 +102,7 @@ class Attention(nn.Module):
         return (out, weights) if need_weights else out
 
 
-def dropout_keep_mask(shape: tuple[int, ...], p: float, *, dtype: torch.dtype, device: torch.device,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout_keep_mask(shape: tuple[int, ...], p: float, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A dropout mask of ``shape`` in ``dtype``: 1 with probability ``1 - p`` (keep), else 0.
 
     Each element gets 16 bits of torch's random stream (so ``p`` is exact to 1/65536, and seeding torch
@@ -111,8 +110,7 @@ def dropout_keep_mask(shape: tuple[int, ...], p: float, *, dtype: torch.dtype, d
     which for the attention matrix of CCT-7/3x1 took a third of a training step.
     """
     count = math.prod(shape)
-    words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=device,
-                          generator=generator)
+    words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=device)
     threshold = round(p * 65536) - 32768  # an int16 is uniform on [-32768, 32767]
     mask = torch.empty(shape, dtype=dtype, device=device)
     return torch.ge(words.view(torch.int16)[:count].view(shape), threshold, out=mask)

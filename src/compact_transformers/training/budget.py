@@ -163,11 +163,12 @@ class TimeBudget:
         logger.info("time limit %.1f min, ~%.1f s per epoch here: %d epochs%s, validation every %d",
                     self.seconds / 60, epoch_seconds, planned.epochs,
                     "" if fitted is not None else " (all of the recipe's: they fit)", planned.eval_interval)
-        larger = larger_model_for(source, planned.epochs, train_images=len(data.train.labels))
+        train_images = len(data.train.labels)
+        larger = larger_model_for(source, planned.epochs, train_images=train_images)
         if larger is not None:
             logger.info("%d epochs of %s fit (%.1fM images): training the recipe's larger model %s instead "
-                        "(--model %s keeps it)", planned.epochs, planned.model,
-                        planned.epochs * len(data.train.labels) / 1e6, larger, planned.model)
+                        "(--model %s keeps it)", planned.epochs, planned.model, planned.epochs * train_images / 1e6,
+                        larger, planned.model)
             return self.plan(source.with_model(larger), data)
         return planned
 

@@ -178,7 +178,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             progress = _progress(config, info, epoch, end_step, start_step)
             ran = train_one_epoch(train_model, tools, batches.epoch(epoch, start_step), epoch * batches.steps_per_epoch,
                                   start_step, batches.steps_per_epoch, partial, should_stop, progress,
-                                  end_step=end_step)  # fmt: skip
+                                  end_step=end_step, info=info)  # fmt: skip
             interrupted = ran.stopped and any_rank(stop.signal is not None, device, info)
             if interrupted and ran.next_step < batches.steps_per_epoch:  # mid-epoch: keep the running sums
                 sums = all_reduce_sum({k: v.clone() for k, v in ran.sums.items()}, info)  # each rank has its own
@@ -265,10 +265,11 @@ class EpochRun:
 
 def train_one_epoch(model: nn.Module, tools: StepTools, batches: Iterator[Batch], first_global_step: int,
                     start_step: int, steps_per_epoch: int, partial: dict | None, should_stop: Callable[[], bool],
-                    progress=None, end_step: int | None = None) -> EpochRun:
+                    progress=None, end_step: int | None = None, info: DistInfo = DistInfo()) -> EpochRun:
     """Run the steps ``start_step``.. of an epoch; ``partial``: running sums saved by an interrupted run.
-    ``end_step``: stop (as if told to) before this step, when it is before the end of the epoch. Raises
-    DivergedError within ``SYNC_EVERY`` steps of a NaN loss, before the epoch ends."""
+    ``should_stop()`` is asked after every step, alike on every rank. ``end_step``: stop (as if told to) before
+    this step, when it is before the end of the epoch. Raises DivergedError within ``SYNC_EVERY`` steps of a NaN
+    loss on any rank, before the epoch ends, on every rank alike."""
     end_step = steps_per_epoch if end_step is None else end_step
     device = next(model.parameters()).device
     zeros = {name: torch.zeros((), dtype=torch.float64, device=device) for name in ("loss", "top1", "count")}
@@ -293,20 +294,21 @@ def train_one_epoch(model: nn.Module, tools: StepTools, batches: Iterator[Batch]
             progress.update(1)
         stops = should_stop() or step + 1 >= end_step < steps_per_epoch
         if stops or (step + 1 - start_step) % SYNC_EVERY == 0:
-            _check_finite(sums["loss"], first_global_step + step)
+            _check_finite(sums["loss"], first_global_step + step, info)
         if stops:
             return _epoch_run(sums, start, half_time, step + 1, True, progress)
-    _check_finite(sums["loss"], first_global_step + step)
+    _check_finite(sums["loss"], first_global_step + step, info)
     return _epoch_run(sums, start, half_time, step + 1, False, progress)
 
 
-def _check_finite(loss_sum: torch.Tensor, step: int) -> None:
-    """DivergedError when the summed training loss is NaN or infinite. Each rank checks its own, with no
-    collective, as the per-step check before it did: NaN weights, which the gradients' all-reduce gives every
-    rank within a step, stop all ranks at the same check; a NaN loss of one rank's batch alone, just before a
-    check, stops that rank only (the others then wait in their next all-reduce)."""
-    if not bool(torch.isfinite(loss_sum)):
-        raise DivergedError(f"the training loss is {loss_sum.item()} by step {step}: training diverged; lower --lr")
+def _check_finite(loss_sum: torch.Tensor, step: int, info: DistInfo) -> None:
+    """DivergedError when the summed training loss of any rank is NaN or infinite, raised on every rank (all
+    ranks call this at the same steps: ``should_stop`` agrees on all of them), so that no rank is left waiting in
+    an all-reduce for one that stopped."""
+    finite = bool(torch.isfinite(loss_sum))
+    if any_rank(not finite, loss_sum.device, info):
+        where = f"{loss_sum.item()}" if not finite else f"not finite on another process ({info.world_size} in all)"
+        raise DivergedError(f"the training loss is {where} by step {step}: training diverged; lower --lr")
 
 
 def _epoch_run(sums: dict, start: float, half_time: float | None, next_step: int, stopped: bool,
