@@ -14,8 +14,11 @@ from compact_transformers.augment import (
     TrainAugment,
     parse_randaugment,
     smooth_one_hot,
+    tta_view_count,
+    tta_views,
 )
 from compact_transformers import augment as aug_mod
+from compact_transformers.errors import ConfigError
 
 MEAN3, STD3 = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -453,3 +456,32 @@ def test_augmenting_and_mixing_on_a_device_never_wait_for_it(channels: int) -> N
         dropped = WordDropout(0.1, unk_id=0)(torch.empty(8, 20, dtype=torch.long, device="meta"))
     assert mixed.device.type == targets.device.type == dropped.device.type == "meta"
     assert seen.waits == []
+
+
+def test_tta_views_shift_the_batch_and_its_mirror_a_pixel_each_way_with_half_the_weight() -> None:
+    batch = torch.arange(2 * 1 * 5 * 4, dtype=torch.float32).reshape(2, 1, 5, 4)
+    views = tta_views(batch, flip=True, shift=1)
+    assert len(views) == tta_view_count(True, 1) == 6
+    assert [v.mirrored for v in views] == [False, True, False, False, True, True]
+    assert [v.weight for v in views] == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    assert torch.equal(views[0].images, batch) and torch.equal(views[1].images, batch.flip(-1))
+    down_right, up_left = views[2].images, views[3].images
+    assert torch.equal(down_right[..., 1:, 1:], batch[..., :-1, :-1])
+    assert torch.equal(up_left[..., :-1, :-1], batch[..., 1:, 1:])
+    assert torch.equal(down_right[..., 0, 1:], batch[..., 1, :-1])  # the border reflected, as translate fills it
+    assert torch.equal(views[4].images[..., 1:, 1:], batch.flip(-1)[..., :-1, :-1])  # the mirror image, shifted
+    assert all(v.images.shape == batch.shape and v.images.is_contiguous() for v in views)
+
+
+@pytest.mark.parametrize(("flip", "shift", "weights"), [(False, 0, [1.0]), (True, 0, [0.5, 0.5]),
+                                                        (False, 2, [0.5, 0.25, 0.25])])
+def test_tta_views_weights(flip: bool, shift: int, weights: list[float]) -> None:
+    batch = torch.rand(3, 2, 6, 6)
+    views = tta_views(batch, flip=flip, shift=shift)
+    assert [v.weight for v in views] == weights and len(views) == tta_view_count(flip, shift)
+    assert torch.equal(views[0].images, batch)
+
+
+def test_tta_views_refuse_a_shift_as_large_as_the_image() -> None:
+    with pytest.raises(ConfigError, match=r"TTA shift must be whole pixels in \[0, 4\), got 4"):
+        tta_views(torch.rand(1, 1, 4, 6), flip=False, shift=4)

@@ -269,6 +269,46 @@ def test_predict_with_a_run_directory(run_dir: Path, tmp_path: Path, capsys: pyt
     assert len(lines) == 2 and all(line.startswith(str(p)) for line, p in zip(lines, images))
 
 
+def test_shift_tta_run_is_evaluated_with_it_unless_switched_off(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", *TINY, "--hflip", "0.5", "--flip-tta", "--translate", "1", "--shift-tta", "1",
+            "--output", str(tmp_path), "--name", "shift"]
+    assert main(args) == 0
+    run = tmp_path / "shift"
+    assert load_model(run / "model").config.extra["shift_tta"] == 1
+    capsys.readouterr()
+    reports = {}
+    for flags in ([], ["--no-shift-tta"], ["--no-shift-tta", "--no-flip-tta"]):
+        assert main(["eval", str(run), "--json", *flags]) == 0
+        reports[len(flags)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (reports[0]["flip_tta"], reports[0]["shift_tta"]) == (True, 1)
+    assert (reports[1]["flip_tta"], reports[1]["shift_tta"]) == (True, 0)
+    assert (reports[2]["flip_tta"], reports[2]["shift_tta"]) == (False, 0)
+    final = json.loads((run / "final.json").read_text())["val"]
+    assert reports[0]["loss"] == pytest.approx(final["loss"])  # training validated with the same views
+    assert len({round(report["loss"], 6) for report in reports.values()}) == 3
+
+
+def test_predict_averages_shifted_mirror_images_for_a_shift_tta_model(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = create_model("cct_2_3x2_32", num_classes=3, img_size=(16, 16), extra={"flip_tta": True, "shift_tta": 1})
+    save_model(model, tmp_path / "model")
+    [image] = write_images(tmp_path / "images", [(16, 16)])
+    assert main(["predict", str(tmp_path / "model"), str(image), "--json", "--fp32", "--top-k", "3"]) == 0
+    preds = json.loads(capsys.readouterr().out.strip())["predictions"]
+    got = torch.tensor([p["probability"] for p in sorted(preds, key=lambda p: p["index"])])
+    pixels = torch.from_numpy(np.array(Image.open(image))).permute(2, 0, 1)[None].float() / 255
+    mean, std = torch.tensor(model.config.mean)[:, None, None], torch.tensor(model.config.std)[:, None, None]
+    x = (pixels - mean) / std
+    model.eval()
+    with torch.no_grad():
+        logits = 0
+        for view in (x, x.flip(-1)):
+            padded = torch.nn.functional.pad(view, (1, 1, 1, 1), mode="reflect")
+            logits = logits + model(view) / 4 + (model(padded[..., :16, :16]) + model(padded[..., 2:, 2:])) / 8
+    assert torch.allclose(got, logits.softmax(dim=1)[0], atol=1e-4)
+
+
 def test_predict_averages_mirror_images_for_a_flip_tta_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
     model = create_model("cct_2_3x2_32", num_classes=3, img_size=(16, 16), extra={"flip_tta": True})

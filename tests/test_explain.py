@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from compact_transformers.augment import tta_logits
 from compact_transformers.cli import main
 from compact_transformers.data.text import Vocabulary
 from compact_transformers.explain import (
@@ -33,6 +34,17 @@ def test_mirror_tta_averages_the_map_mirrored_back() -> None:
         _, mirrored = model.forward_with_token_weights(images.flip(-1))
     torch.testing.assert_close(weights, (plain + mirrored.flip(-1)) / 2)
     torch.testing.assert_close(logits, (plain_logits + model(images.flip(-1))) / 2)
+    torch.testing.assert_close(weights.sum(dim=(1, 2)), torch.ones(2))
+
+
+def test_shifted_views_give_predict_s_logits_and_a_map_summing_to_one() -> None:
+    model = create_model("cct_2_3x2_32", num_classes=3, img_size=(16, 16)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        logits, weights = tta_logits_and_weights(model, images, flip_tta=True, shift_tta=1)
+        torch.testing.assert_close(logits, tta_logits(model, images, True, 1))
+        _, plain = tta_logits_and_weights(model, images, flip_tta=True)
+    assert weights.shape == plain.shape and not torch.allclose(weights, plain)
     torch.testing.assert_close(weights.sum(dim=(1, 2)), torch.ones(2))
 
 

@@ -614,6 +614,53 @@ class EvalTransform(torch.nn.Module):
         return self.normalize(x)
 
 
+@dataclass(frozen=True)
+class TtaView:
+    """One test-time view of a batch: its images, its weight in the average, and whether it is mirrored."""
+
+    images: torch.Tensor
+    weight: float
+    mirrored: bool
+
+
+def tta_view_count(flip: bool, shift: int) -> int:
+    """How many forward passes :func:`tta_views` makes per batch."""
+    return (2 if flip else 1) * (3 if shift else 1)
+
+
+def tta_views(batch: torch.Tensor, flip: bool, shift: int = 0) -> list[TtaView]:
+    """The test-time views of a prepared batch (B, C, H, W), weights summing to 1: the batch; with ``flip``
+    also its mirror image; with ``shift`` > 0 each of those also shifted by (+shift, +shift) and (-shift,
+    -shift) pixels, the border reflected as ``translate`` fills it in training. The unshifted views share half
+    the weight and the shifted ones the other half (unshifted views are the better evidence)."""
+    height, width = batch.shape[-2:]
+    if shift < 0 or (shift and shift >= min(height, width)):
+        raise ConfigError(f"the TTA shift must be whole pixels in [0, {min(height, width)}), got {shift}")
+    bases = [(batch, False), (batch.flip(-1), True)] if flip else [(batch, False)]
+    if not shift:
+        return [TtaView(images, 1 / len(bases), mirrored) for images, mirrored in bases]
+    views = [TtaView(images, 0.5 / len(bases), mirrored) for images, mirrored in bases]
+    for images, mirrored in bases:
+        padded = F.pad(images, (shift,) * 4, mode="reflect")
+        for top_left in (0, 2 * shift):  # the window (+shift, +shift) or (-shift, -shift) pixels away
+            window = padded[..., top_left : top_left + height, top_left : top_left + width]
+            window = torch.empty_like(images).copy_(window)  # dense, in the batch's memory format
+            views.append(TtaView(window, 0.25 / len(bases), mirrored))
+    return views
+
+
+def tta_logits(model: torch.nn.Module, batch: torch.Tensor, flip_tta: bool, shift_tta: int = 0) -> torch.Tensor:
+    """float32 logits of a prepared batch; with ``flip_tta`` averaged with those of the mirrored batch, with
+    ``shift_tta`` also with those of the views shifted by that many pixels (:func:`tta_views`)."""
+    views = tta_views(batch, flip=flip_tta, shift=shift_tta)
+    logits = model(views[0].images).float()
+    if len(views) > 1:
+        logits = logits * views[0].weight
+        for view in views[1:]:
+            logits = logits + view.weight * model(view.images).float()
+    return logits
+
+
 # -----------------------------------------------------------------------------
 # Mixup / CutMix with label smoothing (timm "batch" mode)
 

@@ -898,7 +898,8 @@ def _predict_call(model: torch.nn.Module, spec: ModelSpec, device: torch.device)
     on the CPU to class probabilities on the CPU: the eval transform, channels-last input, autocast to the
     device's mixed-precision dtype, no_grad, softmax. ``model`` is prepared (device, layout, eval) already."""
     from .augment import EvalTransform
-    from .training.metrics import predict_text_logits, tta_logits
+    from .augment import tta_logits
+    from .training.metrics import predict_text_logits
     from .training.runtime import autocast_dtype, prepare_input
 
     amp = autocast_dtype(device, True)

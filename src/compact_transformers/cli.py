@@ -142,9 +142,19 @@ def _load_for_inference(source: str):
     raise CliError(f"model not found: {source} (expected a run directory, a saved model or a .safetensors file)")
 
 
-def _flip_tta(config, args: argparse.Namespace) -> bool:
-    """Mirror-image test-time augmentation as in the model's validation during training, unless --no-flip-tta."""
-    return bool(config.extra.get("flip_tta", False)) and not getattr(args, "no_flip_tta", False)
+def _tta(config, args: argparse.Namespace) -> tuple[bool, int]:
+    """(mirror views, shift of the shifted views in pixels) of test-time augmentation, as in the model's
+    validation during training, unless --no-flip-tta / --no-shift-tta."""
+    flip = bool(config.extra.get("flip_tta", False)) and not getattr(args, "no_flip_tta", False)
+    shift = 0 if getattr(args, "no_shift_tta", False) else int(config.extra.get("shift_tta", 0))
+    return flip, shift
+
+
+def _add_tta_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-flip-tta", action="store_true",
+                        help="no mirror-image test-time augmentation even if the model was validated with it")
+    parser.add_argument("--no-shift-tta", action="store_true",
+                        help="no shifted test-time views even if the model was validated with them")
 
 
 def _eval_data(args: argparse.Namespace, config, run_dir: Path | None):
@@ -179,7 +189,7 @@ def _eval_data(args: argparse.Namespace, config, run_dir: Path | None):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .augment import EvalTransform
+    from .augment import EvalTransform, tta_view_count
     from .data.text import TextDataset
     from .training.metrics import evaluate, evaluate_text
     from .training.plots import plot_confusion
@@ -208,24 +218,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = prepare_model(model, device)
     autocast = autocast_dtype(device, not args.fp32)
     if isinstance(data, TextDataset):
-        flip_tta, what = False, "texts"
+        flip_tta, shift_tta, what = False, 0, "texts"
         result = evaluate_text(model, split.ids.to(device), split.lengths.to(device), split.labels.to(device),
                                data.num_classes, batch_size=args.batch_size, autocast=autocast)
     else:
-        flip_tta, what = _flip_tta(config, args), "images"
+        (flip_tta, shift_tta), what = _tta(config, args), "images"
         transform = EvalTransform.for_model(config)
         images = split.images.to(device)
-        batches = -(-len(images) // args.batch_size) * (2 if flip_tta else 1)
+        batches = -(-len(images) // args.batch_size) * tta_view_count(flip_tta, shift_tta)
         runner = inference_model(model, prepare_input(transform(images[: args.batch_size])), amp_dtype=autocast,
                                  batches=batches)
         result = evaluate(runner, images, split.labels.to(device), transform, data.num_classes,
                           batch_size=args.batch_size, autocast=autocast if runner is model else None,
-                          flip_tta=flip_tta)
+                          flip_tta=flip_tta, shift_tta=shift_tta)
     classes = config.extra.get("classes") or list(data.classes)
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path("eval"))
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "model": args.model, "dataset": data.name, "split": args.split, "flip_tta": flip_tta, **result.summary(),
+        "model": args.model, "dataset": data.name, "split": args.split, "flip_tta": flip_tta, "shift_tta": shift_tta,
+        **result.summary(),
         "per_class": dict(zip(classes, result.per_class_accuracy())),
         "confusion": result.confusion.tolist(), "classes": classes,
     }  # fmt: skip
@@ -249,9 +260,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .augment import EvalTransform
+    from .augment import EvalTransform, tta_logits
     from .data.images import IMAGE_EXTENSIONS, decode_image
-    from .training.metrics import tta_logits
     from .training.runtime import autocast_dtype, prepare_input, prepare_model, select_device, tune_cpu
 
     tune_cpu()
@@ -289,7 +299,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     classes = config.extra.get("classes") or [str(i) for i in range(config.num_classes)]
     mode = "L" if config.in_chans == 1 else "RGB"
     amp = autocast_dtype(device, not args.fp32)
-    flip_tta = _flip_tta(config, args)
+    flip_tta, shift_tta = _tta(config, args)
     writer = None
     if args.explain:
         from .explain import ExplanationWriter, tta_logits_and_weights
@@ -314,9 +324,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch = prepare_input(transform(torch.stack(images).to(device)))
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if writer is None:
-                probs = tta_logits(model, batch, flip_tta).softmax(dim=1)
+                probs = tta_logits(model, batch, flip_tta, shift_tta).softmax(dim=1)
             else:  # the same forward pass, which also returns the token weights
-                logits, weights = tta_logits_and_weights(model, batch, flip_tta)
+                logits, weights = tta_logits_and_weights(model, batch, flip_tta, shift_tta)
                 probs = logits.softmax(dim=1)
         for index, (path, preds) in enumerate(zip(readable, _top_k(probs, classes, args.top_k))):
             _print_prediction(args, {"file": str(path)}, str(path), preds)
@@ -506,8 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=512)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--fp32", action="store_true", help="no mixed precision")
-    evaluate.add_argument("--no-flip-tta", action="store_true",
-                          help="no mirror-image test-time augmentation even if the model was validated with it")
+    _add_tta_options(evaluate)
     evaluate.add_argument("--output", help="folder for the report (default: RUN/eval)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
@@ -521,8 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=positive_int, default=256)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--fp32", action="store_true")
-    predict.add_argument("--no-flip-tta", action="store_true",
-                         help="no mirror-image test-time augmentation even if the model was validated with it")
+    _add_tta_options(predict)
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--explain", metavar="DIR",
                          help="also write where the model looked: per image a PNG with the heat map of its token "
@@ -575,8 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--top-k", type=positive_int, default=5)
     demo.add_argument("--device", default="auto")
     demo.add_argument("--fp32", action="store_true")
-    demo.add_argument("--no-flip-tta", action="store_true",
-                      help="no mirror-image test-time augmentation even if the model was validated with it")
+    _add_tta_options(demo)
     demo.add_argument("--batch-size", type=positive_int, default=64, help="images or texts per forward pass")
     demo.add_argument("--max-batch-size", type=positive_int, default=16,
                       help="concurrent requests answered together in one batch")

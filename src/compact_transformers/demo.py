@@ -41,13 +41,15 @@ class ImageResult:
 
 
 class Predictor:
-    """A model loaded once, with ``cct predict``'s preprocessing (decode, centre crop, normalise, mirror TTA
-    when the model was validated with it, mixed precision), so that its answers are ``cct predict``'s."""
+    """A model loaded once, with ``cct predict``'s preprocessing (decode, centre crop, normalise, the mirror and
+    shifted test-time views the model was validated with, mixed precision), so that its answers are
+    ``cct predict``'s."""
 
     def __init__(self, source: str, device: str = "auto", top_k: int = 5, fp32: bool = False,
-                 no_flip_tta: bool = False, max_image_side: int = 4096, batch_size: int = 64) -> None:
+                 no_flip_tta: bool = False, no_shift_tta: bool = False, max_image_side: int = 4096,
+                 batch_size: int = 64) -> None:
         from .augment import EvalTransform
-        from .cli import _flip_tta, _load_for_inference
+        from .cli import _load_for_inference, _tta
         from .models import TextConfig
         from .training.runtime import autocast_dtype, prepare_model, select_device
 
@@ -64,7 +66,8 @@ class Predictor:
         self.top_k, self.max_image_side, self.batch_size = top_k, max_image_side, batch_size
         if not self.is_text:
             self.transform = EvalTransform.for_model(self.config)
-            self.flip_tta = _flip_tta(self.config, argparse.Namespace(no_flip_tta=no_flip_tta))
+            self.flip_tta, self.shift_tta = _tta(self.config, argparse.Namespace(no_flip_tta=no_flip_tta,
+                                                                                 no_shift_tta=no_shift_tta))
             self.mode = "L" if self.config.in_chans == 1 else "RGB"
 
     # ------------------------------------------------------------------------------------------- images
@@ -88,7 +91,7 @@ class Predictor:
         for start in range(0, len(images), self.batch_size):
             batch = prepare_input(self.transform(torch.stack(images[start : start + self.batch_size]).to(self.device)))
             with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits, weights = tta_logits_and_weights(self.model, batch, self.flip_tta)
+                logits, weights = tta_logits_and_weights(self.model, batch, self.flip_tta, self.shift_tta)
             top = _top_k(logits.softmax(dim=1), self.classes, self.top_k)
             for offset, predictions in enumerate(top):
                 index = readable[start + offset]
@@ -158,8 +161,9 @@ class Predictor:
         facts = [f"parameters **{params}**", f"MACs **{sizes.macs / 1e6:.1f}M** {what}", f"input {shape}",
                  f"dataset **{_escape(dataset or 'unknown')}**"]
         facts += [f"{split} top-1 **{value:.2f}%**" for split, value in metrics.items()]
-        if not self.is_text and self.flip_tta:
-            facts.append("mirror-image TTA")
+        if not self.is_text and (self.flip_tta or self.shift_tta):
+            views = ["mirror-image"] * self.flip_tta + [f"±{self.shift_tta} px shifted"] * bool(self.shift_tta)
+            facts.append(" and ".join(views) + " TTA")
         shown = ", ".join(_escape(name) for name in self.classes[:50])
         more = f", … ({len(self.classes) - 50} more)" if len(self.classes) > 50 else ""
         looked = ("SeqPool's weight of each token" if config.family in ("cct", "cvt")
@@ -299,8 +303,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.max_upload_mb > 0:
         raise DemoError(f"--max-upload-mb must be a positive number of megabytes, got {args.max_upload_mb}")
     predictor = Predictor(args.model, device=args.device, top_k=args.top_k, fp32=args.fp32,
-                          no_flip_tta=args.no_flip_tta, max_image_side=args.max_image_side,
-                          batch_size=args.batch_size)
+                          no_flip_tta=args.no_flip_tta, no_shift_tta=args.no_shift_tta,
+                          max_image_side=args.max_image_side, batch_size=args.batch_size)
     serve(predictor, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
           max_batch_size=args.max_batch_size)
     return 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .augment import tta_views
 from .data.images import decode_image
 from .data.text import Vocabulary, encode_texts, tokenize
 from .fileio import atomic_write_text
@@ -27,17 +28,20 @@ DISPLAY_MIN_SIDE = 224  # heat maps of a 28x28 model are drawn over the image sc
 
 
 def tta_logits_and_weights(
-    model: torch.nn.Module, batch: torch.Tensor, flip_tta: bool
+    model: torch.nn.Module, batch: torch.Tensor, flip_tta: bool, shift_tta: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 logits (B, K) and token weights (B, H', W') of a prepared batch of images, from one forward pass;
-    with ``flip_tta`` both are averaged with those of the mirrored batch (its map mirrored back), as
-    ``training.metrics.tta_logits`` averages the logits."""
-    logits, weights = model.forward_with_token_weights(batch)
-    logits = logits.float()
-    if flip_tta:
-        mirrored_logits, mirrored_weights = model.forward_with_token_weights(batch.flip(-1))
-        logits = (logits + mirrored_logits.float()) / 2
-        weights = (weights + mirrored_weights.flip(-1)) / 2
+    """float32 logits (B, K) and token weights (B, H', W') of a prepared batch of images, from one forward pass
+    per test-time view (``augment.tta_views``), averaged with the views' weights as
+    ``augment.tta_logits`` averages the logits; a mirrored view's map is mirrored back, a shifted
+    view's map is taken as it is (the shift is a pixel or two, under a token)."""
+    logits = weights = None
+    for view in tta_views(batch, flip=flip_tta, shift=shift_tta):
+        view_logits, view_weights = model.forward_with_token_weights(view.images)
+        view_weights = view_weights.flip(-1) if view.mirrored else view_weights
+        if logits is None:
+            logits, weights = view.weight * view_logits.float(), view.weight * view_weights
+        else:
+            logits, weights = logits + view.weight * view_logits.float(), weights + view.weight * view_weights
     return logits, weights
 
 

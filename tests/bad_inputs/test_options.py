@@ -78,7 +78,8 @@ def test_train_refuses(case: str, tmp_path: Path, cct, check) -> None:
 
 
 @pytest.mark.parametrize("options", [["--img-size", "32"], ["--aa", "rand-m9-mstd0.5-inc1"], ["--mixup", "0.8"],
-                                     ["--hflip", "0.5"], ["--translate", "2"], ["--mean", "0.5"], ["--flip-tta"]])
+                                     ["--hflip", "0.5"], ["--translate", "2"], ["--mean", "0.5"], ["--flip-tta"],
+                                     ["--shift-tta", "1"]])
 def test_image_options_on_text_data(options: list[str], text_data: Path, tmp_path: Path, cct, check) -> None:
     outcome = cct("train", "--data", text_data, "--epochs", "1", "--device", "cpu", *options,
                   "--output", tmp_path / "runs")  # fmt: skip

@@ -20,6 +20,7 @@ from compact_transformers.errors import CheckpointError, ConfigError, ExportErro
 from compact_transformers.integrations import export as export_module
 from compact_transformers.integrations.export import (
     OnnxClassifier,
+    OnnxConfig,
     export_model,
     load_onnx,
     verify_onnx,
@@ -39,7 +40,7 @@ TEXTS = ["the match was won in the last minute", "new telescope sees distant sta
 IMAGE_CASES = {
     "cct_2_3x2_32": ("cct_2_3x2_32", {}),
     "vit_gray_28_c37": ("vit_2_4_32", dict(in_chans=1, img_size=28, num_classes=37, mean=(0.5,), std=(0.25,),
-                                           extra={"interpolation": "bilinear", "flip_tta": True,
+                                           extra={"interpolation": "bilinear", "flip_tta": True, "shift_tta": 1,
                                                   "classes": [f"c{i}" for i in range(37)]})),
     "cvt_2_4_32": ("cvt_2_4_32", {}),
     "cct_gray_28": ("cct_2_3x2_32", dict(in_chans=1, img_size=28)),
@@ -155,7 +156,8 @@ def test_image_metadata_reads_back_with_onnx(folder: Path) -> None:
     assert int(metadata["in_chans"]) == 1
     assert json.loads(metadata["mean"]) == [0.5] and json.loads(metadata["std"]) == [0.25]
     assert metadata["interpolation"] == "bilinear"
-    assert json.loads(metadata["flip_tta"]) is True
+    assert json.loads(metadata["flip_tta"]) is True and json.loads(metadata["shift_tta"]) == 1
+    assert load_onnx(path).config.extra["shift_tta"] == 1
     assert int(metadata["num_classes"]) == 37
     assert json.loads(metadata["classes"]) == model.config.extra["classes"]
     assert "vocab" not in metadata
@@ -166,11 +168,13 @@ def test_image_metadata_defaults_for_a_model_without_training_records(folder: Pa
     model, path = _exported("cct_2_3x2_32", folder)
     metadata = _metadata(path)
     assert metadata["interpolation"] == "bicubic"
-    assert json.loads(metadata["flip_tta"]) is False
+    assert json.loads(metadata["flip_tta"]) is False and json.loads(metadata["shift_tta"]) == 0
     assert json.loads(metadata["classes"]) == [str(i) for i in range(10)]
     assert json.loads(metadata["mean"]) == pytest.approx(list(model.config.mean))
     config = load_onnx(path).config
     assert (config.img_size, config.in_chans, config.num_classes) == ((32, 32), 3, 10)
+    del metadata["shift_tta"]  # as in a file exported before shifted views existed
+    assert OnnxConfig.from_metadata(metadata).extra["shift_tta"] == 0
 
 
 def test_text_metadata_reads_back_with_onnx(folder: Path) -> None:

@@ -20,7 +20,7 @@ pytest.importorskip("tokenizers", reason="needs the [hf] extra")
 
 import transformers  # noqa: E402
 
-from compact_transformers.augment import AugmentConfig, EvalTransform  # noqa: E402
+from compact_transformers.augment import AugmentConfig, EvalTransform, tta_logits  # noqa: E402
 from compact_transformers.cli import main  # noqa: E402
 from compact_transformers.data.images import decode_image  # noqa: E402
 from compact_transformers.data.text import Vocabulary, encode_texts, tokenize  # noqa: E402
@@ -50,10 +50,10 @@ def fp32_predictions(capsys: pytest.CaptureFixture, *args: str) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
 
 
-def vision_model(in_chans: int = 3, flip_tta: bool = True, seed: int = 0) -> torch.nn.Module:
+def vision_model(in_chans: int = 3, flip_tta: bool = True, seed: int = 0, shift_tta: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     stats = {"mean": (0.45,), "std": (0.22,)} if in_chans == 1 else {}
-    extra = {"classes": CLASSES, "flip_tta": flip_tta, "interpolation": "bicubic"}
+    extra = {"classes": CLASSES, "flip_tta": flip_tta, "shift_tta": shift_tta, "interpolation": "bicubic"}
     return create_model("cct_2_3x2_32", num_classes=5, in_chans=in_chans, extra=extra, **stats).eval()
 
 
@@ -93,6 +93,19 @@ def test_vision_round_trip_keeps_the_logits(flip_tta: bool) -> None:
         back = hf.from_transformers(hf_model)
         assert torch.equal(back(x), model(x))
     assert back.config == model.config and type(back) is type(model)
+
+
+def test_vision_model_with_shifted_views_averages_them_as_cct_predict() -> None:
+    model = vision_model(flip_tta=True, shift_tta=1)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    hf_model = hf.to_transformers(model)
+    assert (hf_model.config.flip_tta, hf_model.config.shift_tta) == (True, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(pixel_values=x).logits, tta_logits(model, x, True, 1))
+        assert not torch.allclose(hf_model(pixel_values=x).logits, tta_logits(model, x, True, 0))
+        hf_model.config.shift_tta = 0  # switched off, and so saved back into our model
+        torch.testing.assert_close(hf_model(pixel_values=x).logits, tta_logits(model, x, True, 0))
+    assert hf.from_transformers(hf_model).config.extra["shift_tta"] == 0
 
 
 def test_exported_directory_loads_with_the_auto_classes(tmp_path: Path) -> None:

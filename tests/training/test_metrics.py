@@ -124,3 +124,27 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror() -> None:
     assert torch.allclose(both, (plain + mirrored) / 2)
     # the averaged prediction no longer depends on which way round the image is
     assert torch.allclose(predict_logits(model, images.flip(-1), nn.Identity(), flip_tta=True), both)
+
+
+class CornerLogits(nn.Module):
+    """Logits read from the image's top-left 2x2 corner: a shifted or mirrored image gives other logits."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0, :2, :2].flatten(1).float()
+
+
+def test_shift_tta_adds_the_shifted_views_with_half_the_weight() -> None:
+    images = torch.randint(0, 255, (5, 1, 6, 5), dtype=torch.uint8)
+    model = CornerLogits()
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        return predict_logits(model, x, nn.Identity(), batch_size=2)
+
+    padded = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), mode="reflect")
+    down_right, up_left = padded[..., :6, :5], padded[..., 2:, 2:]
+    expected = 0.5 * logits_of(images) + 0.25 * logits_of(down_right) + 0.25 * logits_of(up_left)
+    shifted = predict_logits(model, images, nn.Identity(), batch_size=2, shift_tta=1)
+    assert torch.allclose(shifted, expected) and not torch.allclose(shifted, logits_of(images))
+    both = predict_logits(model, images, nn.Identity(), batch_size=2, flip_tta=True, shift_tta=1)
+    mirrored = predict_logits(model, images.flip(-1), nn.Identity(), batch_size=2, shift_tta=1)
+    assert torch.allclose(both, (shifted + mirrored) / 2)

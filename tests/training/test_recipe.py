@@ -269,6 +269,19 @@ def test_flip_tta_only_for_models_trained_on_mirror_images():
     assert TrainConfig(flip_tta=True, hflip=0.5).uses_flip_tta
     assert not TrainConfig(flip_tta=True, hflip=0.0).uses_flip_tta
     assert not TrainConfig(flip_tta=False, hflip=0.5).uses_flip_tta
+
+
+def test_shift_tta_only_for_models_trained_on_shifted_images():
+    assert TrainConfig(shift_tta=1, translate=2).uses_shift_tta == 1
+    assert TrainConfig(shift_tta=1, translate=0).uses_shift_tta == 0
+    with pytest.raises(ValueError, match=r"shift_tta \(3\) must be <= translate \(2\)"):
+        TrainConfig(shift_tta=3, translate=2)
+    with pytest.raises(ValueError, match="shift_tta must be >= 0"):
+        TrainConfig(shift_tta=-1)
+    # the small recipe asks for it; it is used once the planned epochs train with shifts
+    assert resolve_config(recipe="small").shift_tta == 1 and resolve_config(recipe="paper").shift_tta == 0
+    assert apply_recipe(TrainConfig(), "small", epochs=10).uses_shift_tta == 0
+    assert apply_recipe(TrainConfig(), "small", epochs=60).uses_shift_tta == 1
     with pytest.raises(ValueError, match="translate"):
         TrainConfig(translate=-1)
 

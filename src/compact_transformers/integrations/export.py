@@ -11,6 +11,9 @@ strings; lists, numbers and booleans as JSON):
              mean, std           per-channel normalisation of pixels scaled to 0..1 (JSON lists)
              interpolation       the resize used in validation (bicubic, bilinear or nearest)
              flip_tta            whether the logits are averaged with those of the mirror image (true/false)
+             shift_tta           N > 0: also with those of each view shifted by (+N, +N) and (-N, -N) pixels
+                                 (reflect padding), the unshifted views weighted 1/2, the shifted 1/2 (0 = none;
+                                 absent from files exported before it: 0)
     texts:   vocab               the vocabulary: {"tokenizer": ..., "tokens": [...]} (JSON), token i has id i
              tokenizer, seq_len  the tokenization rule the vocabulary was made for; the texts' length in tokens
              padding_idx         the id that pads a text to seq_len
@@ -146,6 +149,7 @@ def onnx_metadata(model: nn.Module, name: str | None = None) -> dict[str, str]:
             mean=json.dumps(list(config.mean)), std=json.dumps(list(config.std)),
             interpolation=extra.get("interpolation", "bicubic"),  # as EvalTransform.for_model
             flip_tta=json.dumps(bool(extra.get("flip_tta", False))),
+            shift_tta=json.dumps(int(extra.get("shift_tta", 0))),
         )  # fmt: skip
     return metadata
 
@@ -165,7 +169,7 @@ class OnnxConfig:
     std: tuple[float, ...] | None = None
     seq_len: int | None = None
     padding_idx: int | None = None
-    extra: dict = field(default_factory=dict)  # classes; interpolation and flip_tta, or vocab
+    extra: dict = field(default_factory=dict)  # classes; interpolation, flip_tta and shift_tta, or vocab
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], source: str = "the ONNX model") -> OnnxConfig:
@@ -185,7 +189,8 @@ class OnnxConfig:
                 config.in_chans = int(metadata["in_chans"])
                 config.mean = tuple(json.loads(metadata["mean"]))
                 config.std = tuple(json.loads(metadata["std"]))
-                config.extra.update(interpolation=metadata["interpolation"], flip_tta=json.loads(metadata["flip_tta"]))
+                config.extra.update(interpolation=metadata["interpolation"], flip_tta=json.loads(metadata["flip_tta"]),
+                                    shift_tta=int(json.loads(metadata.get("shift_tta", "0"))))
         except (KeyError, ValueError, TypeError) as error:
             raise CheckpointError(f"{source}: its metadata lacks or garbles {error}; expected an ONNX file written by "
                               "`cct export --format onnx`") from None

@@ -23,8 +23,9 @@ What ``cct predict`` does and these classes reproduce:
 
 - images: the file is converted to the model's mode (L or RGB), scaled to cover the model's size and
   centre-cropped in one bicubic resize (``data.images.decode_image``), normalised with the model's mean and std
-  in float32; a model trained with mirror-image TTA (``extra["flip_tta"]``) averages the logits of the image and
-  its mirror image in eval mode (``config.flip_tta``, which can be switched off). Differences remain only from
+  in float32; a model validated with test-time views (``extra["flip_tta"]``, ``extra["shift_tta"]``) averages
+  the logits of the image, its mirror image and their shifted copies in eval mode as ``cct predict`` does
+  (``config.flip_tta``, ``config.shift_tta``, which can be switched off). Differences remain only from
   the pipeline's own decoding of files (``transformers.image_utils.load_image``), not from the processor: it
   applies the EXIF orientation, which ``cct predict`` does not; it decodes a JPEG at full size where
   ``cct predict`` lets the decoder downscale a large one first (``Image.draft``); and it converts every image to
@@ -50,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import tta_logits
 from ..data.images import as_8bit, decode_image
 from ..data.text import PAD, SPECIALS, UNK, Vocabulary
 from ..errors import CheckpointError, ConfigError
@@ -91,15 +93,17 @@ class CctConfig(PretrainedConfig):
     """Our model config (``cct_config``: the dict ``save_model`` writes to config.json, ``{"kind": ..., ...}``)
     plus ``id2label``/``label2id`` from the class names in ``extra["classes"]``.
 
-    ``flip_tta``: average the logits of each image and its mirror image in eval mode (default: as the model was
-    validated in training, ``extra["flip_tta"]``).
+    ``flip_tta``: average the logits of each image and its mirror image in eval mode; ``shift_tta``: N > 0 also
+    those of each of them shifted by N pixels (``augment.tta_views``; default of both: as the model was
+    validated in training, ``extra["flip_tta"]`` and ``extra["shift_tta"]``).
     """
 
     model_type = MODEL_TYPE
 
     # PretrainedConfig.from_dict passes every saved key (id2label, transformers_version, ...) as a keyword:
     # **kwargs is the base class's interface here, not a pass-through of our own options.
-    def __init__(self, cct_config: dict | None = None, flip_tta: bool | None = None, **kwargs) -> None:
+    def __init__(self, cct_config: dict | None = None, flip_tta: bool | None = None, shift_tta: int | None = None,
+                 **kwargs) -> None:
         cct_config = dict(cct_config or {})
         extra = cct_config.get("extra") or {}
         if cct_config and kwargs.get("id2label") is None and kwargs.get("num_labels") is None:
@@ -107,6 +111,7 @@ class CctConfig(PretrainedConfig):
             kwargs["label2id"] = {name: i for i, name in kwargs["id2label"].items()}
         self.cct_config = cct_config
         self.flip_tta = bool(extra.get("flip_tta", False)) if flip_tta is None else bool(flip_tta)
+        self.shift_tta = int(extra.get("shift_tta", 0)) if shift_tta is None else int(shift_tta)
         super().__init__(**kwargs)
 
     @property
@@ -168,11 +173,13 @@ class CctForImageClassification(CctPreTrainedModel):
     main_input_name = "pixel_values"
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
-        """Logits (B, num_labels) of normalised images (B, C, H, W), mirror-TTA averaged in eval mode if
-        ``config.flip_tta``; with ``labels`` (B,) also their mean cross-entropy."""
-        logits = self.cct(pixel_values)
-        if self.config.flip_tta and not self.training:
-            logits = (logits.float() + self.cct(pixel_values.flip(-1)).float()) / 2  # as cct predict
+        """Logits (B, num_labels) of normalised images (B, C, H, W), averaged over the test-time views of
+        ``config.flip_tta`` / ``config.shift_tta`` in eval mode; with ``labels`` (B,) also their mean
+        cross-entropy."""
+        if self.training or not (self.config.flip_tta or self.config.shift_tta):
+            logits = self.cct(pixel_values)
+        else:  # as cct predict
+            logits = tta_logits(self.cct, pixel_values, self.config.flip_tta, self.config.shift_tta)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
 
@@ -428,6 +435,8 @@ def from_transformers(source: str | os.PathLike | CctPreTrainedModel) -> nn.Modu
         extra["classes"] = classes
     if config.kind == "vision" and bool(extra.get("flip_tta", False)) != config.flip_tta:
         extra["flip_tta"] = config.flip_tta
+    if config.kind == "vision" and int(extra.get("shift_tta", 0)) != config.shift_tta:
+        extra["shift_tta"] = config.shift_tta
     model = build_model(config_from_dict({**cct_config, "extra": extra}))
     model.load_state_dict(hf_model.cct.state_dict(), strict=True)
     return model.to(_device_of(hf_model.cct)).eval()

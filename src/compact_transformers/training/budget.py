@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..augment import tta_view_count
 from ..data import ImageDataset
 from ..data.text import TextDataset
 from .batches import DeviceBatches
@@ -232,6 +233,6 @@ def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset
             times.append(time.perf_counter() - start)
     step_seconds = min(times[2:])
     eval_steps = math.ceil(len(data.val) / batches.global_batch)
-    eval_passes = 2 if config.uses_flip_tta else 1
+    eval_passes = tta_view_count(config.uses_flip_tta, config.uses_shift_tta)
     # an inference batch costs about a third of a training step
     return EpochEstimate(batches.steps_per_epoch * step_seconds, eval_passes * eval_steps * step_seconds / 3)

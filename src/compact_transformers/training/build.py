@@ -143,7 +143,8 @@ def build_student(config: TrainConfig, data: ImageDataset | TextDataset, img_siz
         )
     # what `cct eval` / `cct predict` need to see the data as validation did
     extra = {"classes": list(data.classes), "dataset": data.name, "interpolation": config.interpolation,
-             "seed": config.seed, "val_fraction": config.val_fraction, "flip_tta": config.uses_flip_tta}
+             "seed": config.seed, "val_fraction": config.val_fraction, "flip_tta": config.uses_flip_tta,
+             "shift_tta": config.uses_shift_tta}
     if is_timm:
         return _build_timm_student(config, data, img_size, mean, std, extra)
     with naming_option("--pretrained", config.pretrained):

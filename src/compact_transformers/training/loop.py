@@ -341,8 +341,9 @@ def evaluate_split(model: nn.Module, data: ImageDataset, split: str, transform: 
         logits = predict_text_logits(model, part.ids[shard].to(device), part.lengths[shard].to(device),
                                      autocast=amp_dtype)
     else:
-        flip_tta = bool(model.config.extra.get("flip_tta", False))
-        logits = predict_logits(model, part.images[shard].to(device), transform, autocast=amp_dtype, flip_tta=flip_tta)
+        extra = model.config.extra
+        logits = predict_logits(model, part.images[shard].to(device), transform, autocast=amp_dtype,
+                                flip_tta=bool(extra.get("flip_tta", False)), shift_tta=int(extra.get("shift_tta", 0)))
     counts = accuracy_counts(logits, part.labels[shard].to(device), data.num_classes)
     return result_from_counts(all_reduce_sum(counts, info))
 

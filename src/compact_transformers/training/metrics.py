@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import tta_logits
 from .runtime import prepare_input
 from .step import trim_to_longest
 
@@ -36,9 +37,10 @@ def predict_logits(
     batch_size: int = 512,
     autocast: torch.dtype | None = None,
     flip_tta: bool = False,
+    shift_tta: int = 0,
 ) -> torch.Tensor:
     """Logits (N, K) float32 for uint8 images (N, C, H, W) already on the model's device; with
-    ``flip_tta`` the mean of the logits of each image and its mirror image."""
+    ``flip_tta`` / ``shift_tta`` averaged over the test-time views of :func:`tta_logits`."""
     was_training = model.training
     model.eval()
     outputs = []
@@ -46,7 +48,7 @@ def predict_logits(
         for start in range(0, images.shape[0], batch_size):
             batch = prepare_input(transform(images[start : start + batch_size]))
             with torch.no_grad(), torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
-                outputs.append(tta_logits(model, batch, flip_tta))
+                outputs.append(tta_logits(model, batch, flip_tta, shift_tta))
     finally:
         model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
@@ -73,14 +75,6 @@ def predict_text_logits(model: nn.Module, ids: torch.Tensor, lengths: torch.Tens
     finally:
         model.train(was_training)
     return outputs
-
-
-def tta_logits(model: nn.Module, batch: torch.Tensor, flip_tta: bool) -> torch.Tensor:
-    """float32 logits of a prepared batch; with ``flip_tta`` averaged with those of the mirrored batch."""
-    logits = model(batch).float()
-    if flip_tta:
-        logits = (logits + model(batch.flip(-1)).float()) / 2
-    return logits
 
 
 def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
@@ -118,8 +112,10 @@ def evaluate(
     batch_size: int = 512,
     autocast: torch.dtype | None = None,
     flip_tta: bool = False,
+    shift_tta: int = 0,
 ) -> EvalResult:
-    logits = predict_logits(model, images, transform, batch_size=batch_size, autocast=autocast, flip_tta=flip_tta)
+    logits = predict_logits(model, images, transform, batch_size=batch_size, autocast=autocast, flip_tta=flip_tta,
+                            shift_tta=shift_tta)
     return result_from_counts(accuracy_counts(logits, labels.to(logits.device), num_classes))
 
 
