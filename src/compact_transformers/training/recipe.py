@@ -336,8 +336,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # A few thousand images, or a brief run: the paper's recipe with warmup, cooldown and augmentation
     # strength scaled to the epochs (apply_recipe), so a 20-epoch run is not half warmup.
     # Evaluation averages each image with its mirror image (flip_tta), which the flips in training make free
-    # accuracy, and, once the ramp trains with shifts, with both shifted by a pixel (shift_tta): on three
-    # Fashion-MNIST models of the AMD CPU's default command +0.43 (10 min), +0.25 and +0.01 points (60 min).
+    # accuracy, and, once the ramp trains with shifts, with both shifted by a pixel (shift_tta): on five
+    # Fashion-MNIST models of the AMD CPU's default command +0.26 and +0.41 (10 min), +0.04 to +0.21 points
+    # (60 min; benchmarks/tta_views.py).
     "small": {**_PAPER, "epochs": 100, "flip_tta": True, "shift_tta": 1},
     # The small recipe on a GPU, for the default model: a step of CCT-2 there is bound by the host launching
     # kernels, so CCT-7/3x2 at batch 512 costs about as much time per image and learns more (Fashion-MNIST in
