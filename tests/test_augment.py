@@ -485,3 +485,38 @@ def test_tta_views_weights(flip: bool, shift: int, weights: list[float]) -> None
 def test_tta_views_refuse_a_shift_as_large_as_the_image() -> None:
     with pytest.raises(ConfigError, match=r"TTA shift must be whole pixels in \[0, 4\), got 4"):
         tta_views(torch.rand(1, 1, 4, 6), flip=False, shift=4)
+
+
+class _CountingModel(torch.nn.Module):
+    """A small conv classifier whose logits depend on where the pixels are, counting its forward passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.head = torch.nn.Linear(4 * 6 * 6, 3)
+        self.batch_sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(len(x))
+        return self.head(self.conv(x).flatten(1))
+
+
+@pytest.mark.parametrize("images", [1, 10, 11])
+def test_tta_logits_run_the_views_of_a_small_batch_in_one_pass_with_the_same_result(
+        images: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to STACK_VIEWS_UP_TO images x views go through the model as one batch (one image's six views: one
+    pass, not six); above, view by view. Either way the logits are the weighted average of the views'."""
+    model, batch = _CountingModel(), torch.rand(images, 1, 8, 8)
+    views = tta_views(batch, flip=True, shift=1)
+    with torch.no_grad():
+        expected = sum(view.weight * model(view.images) for view in views)
+    model.batch_sizes.clear()
+    with torch.no_grad():
+        got = aug_mod.tta_logits(model, batch, flip_tta=True, shift_tta=1)
+    stacked = images * len(views) <= aug_mod.STACK_VIEWS_UP_TO
+    assert model.batch_sizes == ([images * 6] if stacked else [images] * 6)
+    torch.testing.assert_close(got, expected)
+    monkeypatch.setattr(aug_mod, "STACK_VIEWS_UP_TO", 0)
+    with torch.no_grad():
+        torch.testing.assert_close(aug_mod.tta_logits(model, batch, flip_tta=True, shift_tta=1), expected)

@@ -411,6 +411,32 @@ def test_latency_notes_paths_that_cannot_run_and_times_the_others(monkeypatch, o
             assert r["skipped"] and "onnxruntime" in r["note"] and "[export]" in r["note"]
 
 
+def test_latency_with_test_time_views_predicts_as_cct_predict_does(monkeypatch, one_thread):
+    """--latency-views 6 times the prediction of a small-recipe model: the image, its mirror and their shifted
+    windows, all six in one forward pass of batch 6 (augment.STACK_VIEWS_UP_TO); a text model has one view."""
+    from compact_transformers import augment
+
+    passes = []
+    real_views = augment.tta_views
+    monkeypatch.setattr(augment, "tta_views", lambda batch, flip, shift=0: passes.append((flip, shift))
+                        or real_views(batch, flip=flip, shift=shift))
+    config = BenchConfig(models=("cct_2_3x2_32:16x16x1", "text_cct_2_1x1:16"), modes=("latency",), device="cpu",
+                         latency_paths=("eager",), latency_samples=2, latency_warmup=1, latency_views=6)  # fmt: skip
+    image, text = bench_latency(config, torch.device("cpu"), quiet=True)
+    assert (image["views"], text["views"]) == (6, 1) and not image["skipped"]
+    assert passes and set(passes) == {(True, 1)}
+    report = _report(times=(1.0, 1.0, 1.0))
+    report["machine"].update(cpu="cpu", cpu_flags={}, torch="x", device="cpu", gpu=None, date="today")
+    report["results"][0].update(samples_per_s=100.0, tflops=0.5, mem_delta_mb=None, square_peak_fraction=0.4)
+    report.update(model_peak=[], speedups=[], warnings=[], latency=[image, text])
+    lines = format_report(report).splitlines()
+    header = next(line for line in lines if "p50 ms" in line)
+    image_row, text_row = [line for line in lines if line.split()[2:3] == ["eager"]]
+    assert header.split()[4] == "views" and (image_row.split()[4], text_row.split()[4]) == ("6", "1")
+    with pytest.raises(ValueError, match="latency_views must be one of"):
+        BenchConfig(latency_views=3)
+
+
 @pytest.mark.slow
 def test_latency_through_torch_compile_and_onnx_runtime(one_thread):
     pytest.importorskip("onnxruntime", reason="needs the [export] extra")

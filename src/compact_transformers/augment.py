@@ -649,15 +649,24 @@ def tta_views(batch: torch.Tensor, flip: bool, shift: int = 0) -> list[TtaView]:
     return views
 
 
+# A batch of at most this many images x views runs all its views in one forward pass: one image's six views
+# (`cct predict` on a single file) cost about one batch-1 pass instead of six; larger batches run view by view.
+STACK_VIEWS_UP_TO = 64
+
+
 def tta_logits(model: torch.nn.Module, batch: torch.Tensor, flip_tta: bool, shift_tta: int = 0) -> torch.Tensor:
     """float32 logits of a prepared batch; with ``flip_tta`` averaged with those of the mirrored batch, with
     ``shift_tta`` also with those of the views shifted by that many pixels (:func:`tta_views`)."""
     views = tta_views(batch, flip=flip_tta, shift=shift_tta)
-    logits = model(views[0].images).float()
-    if len(views) > 1:
-        logits = logits * views[0].weight
-        for view in views[1:]:
-            logits = logits + view.weight * model(view.images).float()
+    if len(views) == 1:
+        return model(views[0].images).float()
+    if len(batch) * len(views) <= STACK_VIEWS_UP_TO:
+        stacked = model(torch.cat([view.images for view in views])).float().unflatten(0, (len(views), len(batch)))
+        weights = torch.tensor([view.weight for view in views], device=stacked.device).view(-1, 1, 1)
+        return (stacked * weights).sum(dim=0)
+    logits = views[0].weight * model(views[0].images).float()
+    for view in views[1:]:
+        logits = logits + view.weight * model(view.images).float()
     return logits
 
 

@@ -57,6 +57,8 @@ DEFAULT_MODELS = ("cct_2_3x2_32:28x28x1", "cct_7_3x2_32:32x32x3", "cct_7_3x1_32:
 THROUGHPUT_MODES = ("train", "infer")
 MODES = (*THROUGHPUT_MODES, "latency")
 LATENCY_PATHS = ("eager", "compile", "onnx")
+# --latency-views: (flip_tta, shift_tta) of an image prediction with that many test-time views (augment.tta_views)
+LATENCY_VIEWS = {1: (False, 0), 2: (True, 0), 6: (True, 1)}
 # torch.compile modes of the variant suffixes: +cudagraphs is inductor with CUDA graphs (on CUDA only)
 COMPILE_SUFFIXES = {"+compile": "default", "+cudagraphs": "reduce-overhead"}
 # Signs of contention that make a run's numbers untrustworthy (see find_warnings).
@@ -242,6 +244,9 @@ class BenchConfig:
                                              + ", ".join(LATENCY_PATHS))
     latency_samples: int = _option(100, "timed single-sample predictions per latency path")
     latency_warmup: int = _option(10, "untimed predictions per latency path first (the first one compiles)")
+    latency_views: int = _option(1, "test-time views of an image per prediction: 1 (the model alone), 2 (and its "
+                                 "mirror image), 6 (and both shifted a pixel: how cct predict runs a model of the "
+                                 "small recipe)")
 
     def __post_init__(self) -> None:
         for name in ("batch_sizes", "scaling_sizes", "scaling_batches"):
@@ -267,6 +272,8 @@ class BenchConfig:
         if bad_paths or not self.latency_paths:
             raise ConfigError(f"latency_paths must be a non-empty subset of {LATENCY_PATHS}, "
                               f"got {list(self.latency_paths)}")  # fmt: skip
+        if self.latency_views not in LATENCY_VIEWS:
+            raise ConfigError(f"latency_views must be one of {list(LATENCY_VIEWS)}, got {self.latency_views}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("warmup", "repeats", "steps", "threads", "accuracy_epochs", "latency_samples",
@@ -893,10 +900,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _predict_call(model: torch.nn.Module, spec: ModelSpec, device: torch.device) -> Callable[[], torch.Tensor]:
+def _predict_call(model: torch.nn.Module, spec: ModelSpec, device: torch.device,
+                  views: int = 1) -> Callable[[], torch.Tensor]:
     """One single-sample prediction as `cct predict` makes it, from a decoded uint8 image (a text's token ids)
     on the CPU to class probabilities on the CPU: the eval transform, channels-last input, autocast to the
-    device's mixed-precision dtype, no_grad, softmax. ``model`` is prepared (device, layout, eval) already."""
+    device's mixed-precision dtype, no_grad, the test-time ``views`` of an image (``LATENCY_VIEWS``), softmax.
+    ``model`` is prepared (device, layout, eval) already."""
     from .augment import EvalTransform
     from .augment import tta_logits
     from .training.metrics import predict_text_logits
@@ -912,13 +921,14 @@ def _predict_call(model: torch.nn.Module, spec: ModelSpec, device: torch.device)
             return logits.softmax(dim=1).cpu()
 
         return predict_text
-    transform = EvalTransform.for_model(model.config)  # as `cct predict`; the bench's models use no flip TTA
+    transform = EvalTransform.for_model(model.config)  # as `cct predict`
     image = torch.randint(0, 256, (1, spec.in_chans, *spec.img_size), dtype=torch.uint8)
+    flip_tta, shift_tta = LATENCY_VIEWS[views]
 
     def predict_image() -> torch.Tensor:
         batch = prepare_input(transform(image.to(device)))
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            return tta_logits(model, batch, flip_tta=False).softmax(dim=1).cpu()
+            return tta_logits(model, batch, flip_tta=flip_tta, shift_tta=shift_tta).softmax(dim=1).cpu()
 
     return predict_image
 
@@ -976,7 +986,8 @@ def bench_latency(config: BenchConfig, device: torch.device, quiet: bool = False
         with tempfile.TemporaryDirectory(prefix="cct-bench-") as folder:
             found = _latency_models(spec, config.latency_paths, device, Path(folder), config.seed)
             devices = {path: on for path, (_, on) in found.models.items()}
-            calls = {path: _predict_call(model, spec, on) for path, (model, on) in found.models.items()}
+            calls = {path: _predict_call(model, spec, on, config.latency_views)
+                     for path, (model, on) in found.models.items()}
             first: dict[str, float] = {}
             for path in list(calls):
                 try:
@@ -993,6 +1004,7 @@ def bench_latency(config: BenchConfig, device: torch.device, quiet: bool = False
         eager_p50 = percentile(times["eager"], 50) if "eager" in times else None
         for path in config.latency_paths:
             record = {"model": spec.name, "input": spec.label, "batch_size": 1, "path": path,
+                      "views": 1 if spec.is_text else config.latency_views,
                       "device": str(devices[path]) if path in devices else None}  # fmt: skip
             if path in times:
                 p50 = percentile(times[path], 50)
@@ -1269,14 +1281,15 @@ def format_report(report: dict) -> str:
     if report.get("latency"):
         lines += ["", "latency of one prediction at batch 1 (cct predict's path: decoded image or token ids in, "
                       "probabilities out)"]  # fmt: skip
-        lines.append(f"  {'model':<14} {'input':<8} {'path':<8} {'device':<7} {'p50 ms':>8} {'p90 ms':>8} "
-                     f"{'first s':>8} {'x eager':>7}")  # fmt: skip
+        lines.append(f"  {'model':<14} {'input':<8} {'path':<8} {'device':<7} {'views':>5} {'p50 ms':>8} "
+                     f"{'p90 ms':>8} {'first s':>8} {'x eager':>7}")  # fmt: skip
         for r in report["latency"]:
             if r["skipped"]:
                 lines.append(f"  {r['model']:<14} {r['input']:<8} {r['path']:<8} {r['note']}")
                 continue
-            lines.append(f"  {r['model']:<14} {r['input']:<8} {r['path']:<8} {r['device']:<7} {r['p50_ms']:>8.2f} "
-                         f"{r['p90_ms']:>8.2f} {r['first_call_s']:>8.2f} {_fmt(r['speedup_vs_eager'], '.2f'):>7}")
+            lines.append(f"  {r['model']:<14} {r['input']:<8} {r['path']:<8} {r['device']:<7} {r.get('views', 1):>5} "
+                         f"{r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['first_call_s']:>8.2f} "
+                         f"{_fmt(r['speedup_vs_eager'], '.2f'):>7}")
     if "scaling" in report:
         scaling = report["scaling"]
         lines += ["", f"scaling ({scaling['model']}, {scaling['variant']}): step time vs tokens"]

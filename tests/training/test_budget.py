@@ -233,3 +233,24 @@ def test_a_budget_that_fits_many_epochs_of_the_small_model_plans_the_larger_one(
     chosen = ConfigSource("small", from_cli={**fashion, "time_limit": 10.0, "model": "cct_2_3x2_32"})
     kept = TimeBudget(10.0).plan(chosen, data=data)
     assert probed == ["cct_2_3x2_32"] and (kept.model, kept.epochs) == ("cct_2_3x2_32", 59)
+
+
+def test_a_short_plan_counts_the_validation_views_it_will_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe runs the recipe's default (100 epochs: shifted views on, 6 views), but a run planned for
+    fewer than the shifts' epochs validates on 2 (image and mirror): its validation interval is planned from
+    2 views, so it validates as often as their cost allows, not a third as often."""
+    train_seconds, seconds_per_view = 10.0, 0.2
+
+    def fake_estimate(config: TrainConfig, data: object) -> EpochEstimate:
+        views = budget_module.tta_view_count(config.uses_flip_tta, config.uses_shift_tta)
+        return EpochEstimate(train_seconds=train_seconds, eval_seconds=views * seconds_per_view)
+
+    monkeypatch.setattr(budget_module, "estimate_epoch_seconds", fake_estimate)
+    data = SimpleNamespace(train=SimpleNamespace(labels=torch.zeros(1_000)))
+    source = ConfigSource("small", from_cli={"dataset": "fashion_mnist", "time_limit": 2.0})
+    assert source.resolve().uses_shift_tta and budget_module.tta_view_count(True, 1) == 6
+    planned = TimeBudget(2.0).plan(source, data=data)
+    assert planned.epochs < 20 and not planned.uses_shift_tta and planned.uses_flip_tta
+    two_views = EpochEstimate(train_seconds, 2 * seconds_per_view)
+    assert planned.eval_interval == budget_module.plan_eval_interval(two_views) == 1
+    assert budget_module.plan_eval_interval(EpochEstimate(train_seconds, 6 * seconds_per_view)) == 3

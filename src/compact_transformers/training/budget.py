@@ -150,19 +150,15 @@ class TimeBudget:
         and planned in turn."""
         config = source.resolve()
         estimate = estimate_epoch_seconds(config, data)
-        given = source.given()
-        interval = config.eval_interval if "eval_interval" in given else plan_eval_interval(estimate)
-        epoch_seconds = estimate.per_epoch(interval)
-        self.probe_seconds = epoch_seconds
-        fitted = self._fit(config, elapsed=self.elapsed() + epoch_seconds, epoch_seconds=epoch_seconds,
-                           epochs_done=1, max_epochs=None)
-        if fitted is None:
-            planned = config.replace(eval_interval=interval)
-        else:
-            self.max_epochs = config.epochs  # planned, not chosen: the refit may give back what the probe took
-            planned = source.resolve(epochs=fitted["epochs"], eval_interval=interval)
+        planned, fitted = self._plan_epochs(source, config, estimate)
+        probed_views, planned_views = _validation_views(config), _validation_views(planned)
+        if planned_views != probed_views:
+            # the recipe scales with the epochs: a short run validates on fewer views (no shifted ones below
+            # the shifts' epochs) than the recipe's default that was probed, so validation costs less
+            estimate = EpochEstimate(estimate.train_seconds, estimate.eval_seconds * planned_views / probed_views)
+            planned, fitted = self._plan_epochs(source, config, estimate)
         logger.info("time limit %.1f min, ~%.1f s per epoch here: %d epochs%s, validation every %d",
-                    self.seconds / 60, epoch_seconds, planned.epochs,
+                    self.seconds / 60, self.probe_seconds, planned.epochs,
                     "" if fitted is not None else " (all of the recipe's: they fit)", planned.eval_interval)
         train_images = len(data.train.labels)
         larger = larger_model_for(source, planned.epochs, train_images=train_images)
@@ -172,6 +168,22 @@ class TimeBudget:
                         larger, planned.model)
             return self.plan(source.with_model(larger), data)
         return planned
+
+    def _plan_epochs(self, source: ConfigSource, config: TrainConfig,
+                     estimate: EpochEstimate) -> tuple[TrainConfig, dict | None]:
+        """The config resolved with the epochs and validation interval that fit at ``estimate``'s speed, and
+        the fitted schedule (None: the recipe's epochs fit)."""
+        self.max_epochs = None
+        given = source.given()
+        interval = config.eval_interval if "eval_interval" in given else plan_eval_interval(estimate)
+        epoch_seconds = estimate.per_epoch(interval)
+        self.probe_seconds = epoch_seconds
+        fitted = self._fit(config, elapsed=self.elapsed() + epoch_seconds, epoch_seconds=epoch_seconds,
+                           epochs_done=1, max_epochs=None)
+        if fitted is None:
+            return config.replace(eval_interval=interval), None
+        self.max_epochs = config.epochs  # planned, not chosen: the refit may give back what the probe took
+        return source.resolve(epochs=fitted["epochs"], eval_interval=interval), fitted
 
     def refit(self, config: TrainConfig, measured: EpochEstimate, test_share: float) -> dict | None:
         """After the first epoch: reserve time for the final evaluation (validation, and the test split
@@ -233,6 +245,11 @@ def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset
             times.append(time.perf_counter() - start)
     step_seconds = min(times[2:])
     eval_steps = math.ceil(len(data.val) / batches.global_batch)
-    eval_passes = tta_view_count(config.uses_flip_tta, config.uses_shift_tta)
     # an inference batch costs about a third of a training step
-    return EpochEstimate(batches.steps_per_epoch * step_seconds, eval_passes * eval_steps * step_seconds / 3)
+    return EpochEstimate(batches.steps_per_epoch * step_seconds,
+                         _validation_views(config) * eval_steps * step_seconds / 3)
+
+
+def _validation_views(config: TrainConfig) -> int:
+    """The views of each validation image that ``config``'s validation runs the model on."""
+    return tta_view_count(config.uses_flip_tta, config.uses_shift_tta)
