@@ -132,3 +132,22 @@ def test_predict_explain_colours_the_words_of_texts(tmp_path: Path, capsys: pyte
 def test_predict_explain_refuses_an_onnx_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(tmp_path / "model.onnx"), "x.png", "--explain", str(tmp_path / "out")]) == 2
     assert "--explain needs the PyTorch model" in capsys.readouterr().err
+
+
+def test_the_views_of_one_image_explain_in_one_pass_as_view_by_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cct demo` / `cct predict --explain` on one image: its six views run as one batch of 6 (as tta_logits
+    runs them), with the logits and map that running them one by one gives."""
+    from compact_transformers import augment
+
+    model = create_model("cct_2_3x2_32", num_classes=3, img_size=(16, 16)).eval()
+    images = torch.randn(1, 3, 16, 16)
+    batch_sizes = []
+    forward = model.forward_with_token_weights
+    monkeypatch.setattr(model, "forward_with_token_weights", lambda x: batch_sizes.append(len(x)) or forward(x))
+    with torch.no_grad():
+        stacked = tta_logits_and_weights(model, images, flip_tta=True, shift_tta=1)
+        assert batch_sizes == [6]
+        monkeypatch.setattr(augment, "STACK_VIEWS_UP_TO", 0)
+        one_by_one = tta_logits_and_weights(model, images, flip_tta=True, shift_tta=1)
+    assert batch_sizes == [6, 1, 1, 1, 1, 1, 1]
+    torch.testing.assert_close(stacked, one_by_one)

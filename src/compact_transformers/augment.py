@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -654,19 +656,27 @@ def tta_views(batch: torch.Tensor, flip: bool, shift: int = 0) -> list[TtaView]:
 STACK_VIEWS_UP_TO = 64
 
 
+def view_outputs(forward: Callable[[torch.Tensor], Any], views: list[TtaView], batch_size: int) -> list[Any]:
+    """``forward`` (a tensor, or a tuple of tensors, per image) of each view's images of a batch of
+    ``batch_size``: all views in one pass when ``batch_size`` x views <= ``STACK_VIEWS_UP_TO``, else view by view."""
+    if len(views) == 1 or batch_size * len(views) > STACK_VIEWS_UP_TO:
+        return [forward(view.images) for view in views]
+    stacked = forward(torch.cat([view.images for view in views]))
+    if isinstance(stacked, tuple):
+        return list(zip(*(part.chunk(len(views)) for part in stacked)))
+    return list(stacked.chunk(len(views)))
+
+
 def tta_logits(model: torch.nn.Module, batch: torch.Tensor, flip_tta: bool, shift_tta: int = 0) -> torch.Tensor:
     """float32 logits of a prepared batch; with ``flip_tta`` averaged with those of the mirrored batch, with
     ``shift_tta`` also with those of the views shifted by that many pixels (:func:`tta_views`)."""
     views = tta_views(batch, flip=flip_tta, shift=shift_tta)
+    outputs = view_outputs(model, views, len(batch))
     if len(views) == 1:
-        return model(views[0].images).float()
-    if len(batch) * len(views) <= STACK_VIEWS_UP_TO:
-        stacked = model(torch.cat([view.images for view in views])).float().unflatten(0, (len(views), len(batch)))
-        weights = torch.tensor([view.weight for view in views], device=stacked.device).view(-1, 1, 1)
-        return (stacked * weights).sum(dim=0)
-    logits = views[0].weight * model(views[0].images).float()
-    for view in views[1:]:
-        logits = logits + view.weight * model(view.images).float()
+        return outputs[0].float()
+    logits = views[0].weight * outputs[0].float()
+    for view, output in zip(views[1:], outputs[1:]):
+        logits = logits + view.weight * output.float()
     return logits
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import tta_views
+from .augment import tta_views, view_outputs
 from .data.images import decode_image
 from .data.text import Vocabulary, encode_texts, tokenize
 from .fileio import atomic_write_text
@@ -30,13 +30,14 @@ DISPLAY_MIN_SIDE = 224  # heat maps of a 28x28 model are drawn over the image sc
 def tta_logits_and_weights(
     model: torch.nn.Module, batch: torch.Tensor, flip_tta: bool, shift_tta: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 logits (B, K) and token weights (B, H', W') of a prepared batch of images, from one forward pass
-    per test-time view (``augment.tta_views``), averaged with the views' weights as
-    ``augment.tta_logits`` averages the logits; a mirrored view's map is mirrored back, a shifted
-    view's map is taken as it is (the shift is a pixel or two, under a token)."""
+    """float32 logits (B, K) and token weights (B, H', W') of a prepared batch of images, from the test-time
+    views (``augment.tta_views``; a small batch's views in one pass, ``augment.view_outputs``), averaged with
+    the views' weights as ``augment.tta_logits`` averages the logits; a mirrored view's map is mirrored back, a
+    shifted view's map is taken as it is (the shift is a pixel or two, under a token)."""
+    views = tta_views(batch, flip=flip_tta, shift=shift_tta)
     logits = weights = None
-    for view in tta_views(batch, flip=flip_tta, shift=shift_tta):
-        view_logits, view_weights = model.forward_with_token_weights(view.images)
+    for view, (view_logits, view_weights) in zip(views, view_outputs(model.forward_with_token_weights, views,
+                                                                     len(batch))):
         view_weights = view_weights.flip(-1) if view.mirrored else view_weights
         if logits is None:
             logits, weights = view.weight * view_logits.float(), view.weight * view_weights
