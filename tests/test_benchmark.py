@@ -496,3 +496,48 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_settings(tmp_path):
     latency = json.loads((out / "latency.json").read_text())
     assert [r["path"] for r in latency["latency"]] == ["eager", "onnx"]
     assert (out / "throughput.log").read_text().strip()
+
+
+# ---------------------------------------------------------------------------------------- text_baseline.py
+
+
+def test_text_baseline_writes_each_fold_of_its_cross_validation_as_a_split(tmp_path, monkeypatch):
+    """--fold K tests on the K-th fold of the 10-fold CV the script scores: the ten test parts are disjoint,
+    cover every file and keep the classes' shares; the split written is that fold, and its accuracy is the one
+    the CV prints for it."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    script = REPO / "benchmarks" / "text_baseline.py"
+    spec = importlib.util.spec_from_file_location("text_baseline", script)
+    baseline = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "text_baseline", baseline)  # its dataclass looks its module up
+    spec.loader.exec_module(baseline)
+    words = {"sport": "goal match team league cup win", "tech": "phone chip software web data code"}
+    root = tmp_path / "corpus"
+    for name, vocabulary in words.items():
+        (root / name).mkdir(parents=True)
+        for i in range(30):
+            (root / name / f"{i:03d}.txt").write_text(f"{vocabulary.split()[i % 6]} {vocabulary} story {i}")
+    corpus = baseline.read_corpus(root)
+    tested = []
+    for fold in range(baseline.CV_FOLDS):
+        train, test = baseline.fold_indices(corpus, fold=fold, seed=0)
+        assert len(test) == 6 and len(train) == 54 and not set(train) & set(test)
+        assert (corpus.labels[test] == 0).sum() == 3  # stratified
+        tested += test.tolist()
+    assert sorted(tested) == list(range(60))
+    with pytest.raises(SystemExit, match="--fold must be 0 to 9, got 10"):
+        baseline.fold_indices(corpus, fold=10, seed=0)
+
+    out = tmp_path / "fold3"
+    done = subprocess.run([sys.executable, str(script), "--data", str(root), "--fold", "3", "--write-split", str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, test = baseline.fold_indices(corpus, fold=3, seed=0)
+    written = sorted(p.relative_to(out / "test") for p in (out / "test").glob("*/*.txt"))
+    assert written == sorted(corpus.paths[i].relative_to(root) for i in test)
+    assert len(list((out / "train").glob("*/*.txt"))) == 54
+    accuracy = float(done.stdout.split("test accuracy: ")[1].split("%")[0])
+    per_fold = done.stdout.split("(folds 0-9: ")[1].split(")")[0].split()
+    assert accuracy == pytest.approx(float(per_fold[3]), abs=0.01)
