@@ -84,12 +84,16 @@ def split_indices(corpus: Corpus, *, test_fraction: float, seed: int) -> tuple[n
     return np.sort(train), np.sort(test)
 
 
+def cv_folds(seed: int) -> StratifiedKFold:
+    """The seeded, stratified 10-fold CV that :func:`main` scores and ``--fold`` writes a fold of."""
+    return StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
+
+
 def fold_indices(corpus: Corpus, *, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The train and test indices of fold ``fold`` of the seeded, stratified 10-fold CV that :func:`main` scores."""
+    """The train and test indices of fold ``fold`` of :func:`cv_folds`."""
     if not 0 <= fold < CV_FOLDS:
         sys.exit(f"error: --fold must be 0 to {CV_FOLDS - 1}, got {fold}")
-    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
-    train, test = list(folds.split(corpus.texts, corpus.labels))[fold]
+    train, test = list(cv_folds(seed).split(corpus.texts, corpus.labels))[fold]
     return np.sort(train), np.sort(test)
 
 
@@ -135,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
           f"macro F1 {100 * macro_f1:.2f}% (train {len(train)}, seed {args.seed}, "
           f"{time.perf_counter() - start:.1f} s)")  # fmt: skip
 
-    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=args.seed)
-    scores = cross_val_score(make_model(args.seed), corpus.texts, corpus.labels, cv=folds, n_jobs=-1)
+    scores = cross_val_score(make_model(args.seed), corpus.texts, corpus.labels, cv=cv_folds(args.seed), n_jobs=-1)
     print(f"{CV_FOLDS}-fold CV accuracy on all {len(corpus.paths)} documents: "
           f"{100 * scores.mean():.2f}% +- {100 * scores.std():.2f}% "
           f"(folds 0-{CV_FOLDS - 1}: {' '.join(f'{100 * x:.2f}' for x in scores)})")  # fmt: skip
