@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from .training.step import Batch, StepTools
@@ -1385,7 +1386,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.output:
         path = Path(args.output)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
     if getattr(args, "strict", False) and report["warnings"]:
         print(f"cct bench: {len(report['warnings'])} warning(s) and --strict: exit 1", file=sys.stderr)

@@ -191,6 +191,7 @@ def _eval_data(args: argparse.Namespace, config, run_dir: Path | None):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .augment import EvalTransform, tta_view_count
     from .data.text import TextDataset
+    from .fileio import atomic_write_text
     from .training.metrics import evaluate, evaluate_text
     from .training.plots import plot_confusion
     from .training.runtime import (
@@ -240,7 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "per_class": dict(zip(classes, result.per_class_accuracy())),
         "confusion": result.confusion.tolist(), "classes": classes,
     }  # fmt: skip
-    (out_dir / f"eval_{data.name}_{args.split}.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out_dir / f"eval_{data.name}_{args.split}.json", json.dumps(report, indent=2))
     plot_confusion(result.confusion, classes, out_dir / f"confusion_{data.name}_{args.split}.png",
                    title=f"{data.name} {args.split}: top-1 {result.top1:.2f}%")
     if args.json:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from compact_transformers.cli import main
 from compact_transformers.data import ImageDataset, ImageSplit
 from compact_transformers.errors import DatasetError
+from compact_transformers.training import distributed
 from compact_transformers.training.batches import DeviceBatches
 from compact_transformers.training.distributed import (
     DistInfo,
@@ -62,10 +63,25 @@ def test_single_process_reductions_are_no_ops() -> None:
     tensors = {"a": torch.tensor(2.0), "b": torch.arange(3.0)}
     out = all_reduce_sum(tensors, info)
     assert out is tensors and out["a"].item() == 2.0 and out["b"].tolist() == [0.0, 1.0, 2.0]
-    assert any_rank(True, torch.device("cpu"), info) and not any_rank(False, torch.device("cpu"), info)
+    assert any_rank(True, info) and not any_rank(False, info)
     assert from_rank0({"epochs": 3}, info) == {"epochs": 3}
     assert gather_objects("state", info) == ["state"]
     cleanup(info)
+
+
+@pytest.mark.parametrize("host_group", [None, "gloo group beside nccl"])
+def test_any_rank_asks_the_other_processes_on_the_host(monkeypatch: pytest.MonkeyPatch, host_group) -> None:
+    # asked after every step: a flag on the GPU would make each step wait for the device
+    monkeypatch.setattr(distributed, "_host_group", host_group)
+    calls = []
+
+    def all_reduce(tensor: torch.Tensor, op, group=None) -> None:  # noqa: ANN001 - as torch's
+        calls.append((tensor.device.type, group))
+        tensor += 1.0  # another process's flag: true
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    assert any_rank(False, DistInfo(rank=0, world_size=2))
+    assert calls == [("cpu", host_group)]
 
 
 def test_rank_properties() -> None:

@@ -1,4 +1,5 @@
-"""torchrun / DistributedDataParallel glue: one process per device, NCCL on GPUs, gloo on CPUs."""
+"""torchrun / DistributedDataParallel glue: one process per device, NCCL on GPUs, gloo on CPUs (and, beside NCCL,
+a gloo group for the host's yes/no questions, which must not wait for the GPUs)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+# Beside an NCCL process group: a gloo group over the same processes for `any_rank`, whose flags live on the host.
+_host_group: dist.ProcessGroup | None = None
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,14 @@ def setup_distributed(device: torch.device) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
+    global _host_group
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        if backend == "nccl":
+            _host_group = dist.new_group(backend="gloo")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -46,12 +53,14 @@ def all_reduce_sum(tensors: dict[str, torch.Tensor], info: DistInfo) -> dict[str
     return tensors
 
 
-def any_rank(flag: bool, device: torch.device, info: DistInfo) -> bool:
-    """True on every process when ``flag`` is true on any of them, so that all take the same decision."""
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every process when ``flag`` is true on any of them, so that all take the same decision.
+    The flags travel between the hosts (a gloo group beside NCCL): asked after every training step, an
+    all-reduce on the GPU would make each step wait for the device to finish the one before."""
     if not info.enabled:
         return flag
-    tensor = torch.tensor(float(flag), device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    tensor = torch.tensor(float(flag))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=_host_group)
     return tensor.item() > 0
 
 
@@ -74,5 +83,7 @@ def gather_objects(value: object, info: DistInfo) -> list:
 
 
 def cleanup(info: DistInfo) -> None:
+    global _host_group
     if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the host group too
+        _host_group = None

@@ -167,7 +167,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     with _StopFlag() as stop:
 
         def should_stop() -> bool:  # on every rank alike: a signal, or the time budget spent
-            return any_rank(stop.signal is not None or (budget is not None and budget.should_stop()), device, info)
+            return any_rank(stop.signal is not None or (budget is not None and budget.should_stop()), info)
 
         while epoch < config.epochs:
             if tools.mixer is not None:  # the authors' configs stop mixing late in training
@@ -179,7 +179,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
             ran = train_one_epoch(train_model, tools, batches.epoch(epoch, start_step), epoch * batches.steps_per_epoch,
                                   start_step, batches.steps_per_epoch, partial, should_stop, progress,
                                   end_step=end_step, info=info)  # fmt: skip
-            interrupted = ran.stopped and any_rank(stop.signal is not None, device, info)
+            interrupted = ran.stopped and any_rank(stop.signal is not None, info)
             if interrupted and ran.next_step < batches.steps_per_epoch:  # mid-epoch: keep the running sums
                 sums = all_reduce_sum({k: v.clone() for k, v in ran.sums.items()}, info)  # each rank has its own
                 checkpoint("last", epoch, ran.next_step, {k: v.cpu() for k, v in sums.items()})
@@ -306,7 +306,7 @@ def _check_finite(loss_sum: torch.Tensor, step: int, info: DistInfo) -> None:
     ranks call this at the same steps: ``should_stop`` agrees on all of them), so that no rank is left waiting in
     an all-reduce for one that stopped."""
     finite = bool(torch.isfinite(loss_sum))
-    if any_rank(not finite, loss_sum.device, info):
+    if any_rank(not finite, info):
         where = f"{loss_sum.item()}" if not finite else f"not finite on another process ({info.world_size} in all)"
         raise DivergedError(f"the training loss is {where} by step {step}: training diverged; lower --lr")
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,7 +48,7 @@ def plot_curves(history: list[dict], path: Path) -> Path | None:
     axes[0].legend()
     axes[1].legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))  # a kill keeps the old one
     plt.close(figure)
     return path
 
@@ -73,6 +75,6 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     axis.set_title(title)
     figure.colorbar(image, fraction=0.046)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     plt.close(figure)
     return path
