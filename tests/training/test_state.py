@@ -133,8 +133,11 @@ def test_clean_checkpoints_finishes_cut_swaps_and_removes_temporaries(tmp_path: 
     save_checkpoint(folder / "scratch", small_model(1), {"epoch": 2})
     (folder / "scratch").rename(folder / ".last.new")
     (folder / ".best.tmp.abc123").mkdir()  # killed while writing
+    (tmp_path / "curves.png").write_bytes(b"old plot")
+    (tmp_path / ".curves.png.k3lfbxc0.tmp").write_bytes(b"half a plot")  # killed in atomic_write
     clean_checkpoints(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["best", "last"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "curves.png"]
     assert load_state(folder / "last")["epoch"] == 2
 
 

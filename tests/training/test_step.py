@@ -111,7 +111,7 @@ def test_a_loss_gone_nan_on_another_process_stops_this_one_at_the_same_check(
     instead of waiting forever in an all-reduce for the rank that stopped."""
     reductions: list[bool] = []
 
-    def another_rank_diverged(flag: bool, device: torch.device, info) -> bool:
+    def another_rank_diverged(flag: bool, info) -> bool:
         reductions.append(flag)
         return True  # the other process's loss is NaN
 

@@ -150,8 +150,13 @@ def save_final_model(model: nn.Module, run_dir: Path) -> Path:
 
 
 def clean_checkpoints(run_dir: Path) -> None:
-    """Remove what killed checkpoint writes left behind, promoting a complete ``.NAME.new`` whose swap was cut."""
+    """Remove what killed writes left behind (checkpoints, ``model/``, and the temporary files of
+    :func:`~compact_transformers.fileio.atomic_write`: final.json, the plots), promoting a complete ``.NAME.new``
+    whose swap was cut."""
     shutil.rmtree(Path(run_dir) / ".model.tmp", ignore_errors=True)
+    for leftover in Path(run_dir).glob(".*.tmp"):  # atomic_write's .NAME.XXXX.tmp
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return
