@@ -1385,7 +1385,6 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.output:
         path = Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
     if getattr(args, "strict", False) and report["warnings"]:

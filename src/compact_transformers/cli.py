@@ -234,7 +234,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           flip_tta=flip_tta, shift_tta=shift_tta)
     classes = config.extra.get("classes") or list(data.classes)
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path("eval"))
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "model": args.model, "dataset": data.name, "split": args.split, "flip_tta": flip_tta, "shift_tta": shift_tta,
         **result.summary(),

@@ -8,11 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+_TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: .NAME.XXXXXXXX.tmp beside NAME
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` on a temporary file in ``path``'s directory, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(handle)
     try:
         write(tmp)
@@ -21,6 +24,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_unfinished_writes(folder: str | os.PathLike) -> None:
+    """Delete the temporary files that :func:`atomic_write` calls killed mid-write left in ``folder``."""
+    for leftover in Path(folder).glob(f".*{_TEMP_SUFFIX}"):
+        if leftover.is_file():  # directories named so are someone else's (``.model.tmp``)
+            leftover.unlink(missing_ok=True)
 
 
 def current_umask() -> int:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..faults import kill_point
-from ..fileio import atomic_write, make_temp_dir
+from ..fileio import atomic_write, make_temp_dir, remove_unfinished_writes
 from ..models.weights import CheckpointError, first_sentence, save_model, unpickling_message
 
 STATE_FILE = "state.pt"
@@ -154,9 +154,7 @@ def clean_checkpoints(run_dir: Path) -> None:
     :func:`~compact_transformers.fileio.atomic_write`: final.json, the plots), promoting a complete ``.NAME.new``
     whose swap was cut."""
     shutil.rmtree(Path(run_dir) / ".model.tmp", ignore_errors=True)
-    for leftover in Path(run_dir).glob(".*.tmp"):  # atomic_write's .NAME.XXXX.tmp
-        if leftover.is_file():
-            leftover.unlink(missing_ok=True)
+    remove_unfinished_writes(run_dir)
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return
