@@ -502,11 +502,13 @@ class _CountingModel(torch.nn.Module):
         return self.head(self.conv(x).flatten(1))
 
 
-@pytest.mark.parametrize("images", [1, 10, 11])
-def test_tta_logits_run_the_views_of_a_small_batch_in_one_pass_with_the_same_result(
-        images: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Up to STACK_VIEWS_UP_TO images x views go through the model as one batch (one image's six views: one
-    pass, not six); above, view by view. Either way the logits are the weighted average of the views'."""
+@pytest.mark.parametrize("images, passes", [(1, [6]), (10, [60]), (11, [55, 11]), (20, [60, 60]), (21, [63, 63]),
+                                            (32, [64, 64, 64]), (65, [65] * 6)])
+def test_tta_logits_stack_the_views_of_a_batch_into_passes_with_the_same_result(
+        images: int, passes: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As many views as fit in STACK_VIEWS_UP_TO images go through the model as one batch (one image's six views:
+    one pass, not six; 20 images: two passes of three views); a batch above it, view by view. Either way the
+    logits are the weighted average of the views'."""
     model, batch = _CountingModel(), torch.rand(images, 1, 8, 8)
     views = tta_views(batch, flip=True, shift=1)
     with torch.no_grad():
@@ -514,8 +516,7 @@ def test_tta_logits_run_the_views_of_a_small_batch_in_one_pass_with_the_same_res
     model.batch_sizes.clear()
     with torch.no_grad():
         got = aug_mod.tta_logits(model, batch, flip_tta=True, shift_tta=1)
-    stacked = images * len(views) <= aug_mod.STACK_VIEWS_UP_TO
-    assert model.batch_sizes == ([images * 6] if stacked else [images] * 6)
+    assert model.batch_sizes == passes
     torch.testing.assert_close(got, expected)
     monkeypatch.setattr(aug_mod, "STACK_VIEWS_UP_TO", 0)
     with torch.no_grad():

@@ -541,3 +541,25 @@ def test_text_baseline_writes_each_fold_of_its_cross_validation_as_a_split(tmp_p
     accuracy = float(done.stdout.split("test accuracy: ")[1].split("%")[0])
     per_fold = done.stdout.split("(folds 0-9: ")[1].split(")")[0].split()
     assert accuracy == pytest.approx(float(per_fold[3]), abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------- view_passes.py
+
+
+def test_view_passes_writes_both_timings_for_each_model_and_batch(tmp_path):
+    """benchmarks/view_passes.py writes a row per model and batch with both timings and their ratio, and the
+    stacking limit it compared against one pass per view."""
+    out = tmp_path / "passes.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "view_passes.py"), "--models", "cct_2_3x2_32",
+                           "--batch-sizes", "1,20", "--repeats", "2", "--json", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    from compact_transformers import augment
+
+    result = json.loads(out.read_text())
+    assert result["stack_views_up_to"] == augment.STACK_VIEWS_UP_TO
+    assert [(row["model"], row["batch"]) for row in result["rows"]] == [("cct_2_3x2_32", 1), ("cct_2_3x2_32", 20)]
+    for row in result["rows"]:
+        assert row["stacked_ms"] > 0 and row["view_by_view_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["view_by_view_ms"] / row["stacked_ms"], abs=0.01)
+    assert done.stdout.count("six views stacked") == 2

@@ -651,20 +651,29 @@ def tta_views(batch: torch.Tensor, flip: bool, shift: int = 0) -> list[TtaView]:
     return views
 
 
-# A batch of at most this many images x views runs all its views in one forward pass: one image's six views
-# (`cct predict` on a single file) cost about one batch-1 pass instead of six; larger batches run view by view.
+# One forward pass takes as many of a batch's views as fit in this many images: one image's six views (`cct
+# predict` on a single file) cost about one batch-1 pass instead of six; 20 images' six views, two passes of 60.
+# A batch of more images runs view by view.
 STACK_VIEWS_UP_TO = 64
 
 
 def view_outputs(forward: Callable[[torch.Tensor], Any], views: list[TtaView], batch_size: int) -> list[Any]:
     """``forward`` (a tensor, or a tuple of tensors, per image) of each view's images of a batch of
-    ``batch_size``: all views in one pass when ``batch_size`` x views <= ``STACK_VIEWS_UP_TO``, else view by view."""
-    if len(views) == 1 or batch_size * len(views) > STACK_VIEWS_UP_TO:
-        return [forward(view.images) for view in views]
-    stacked = forward(torch.cat([view.images for view in views]))
-    if isinstance(stacked, tuple):
-        return list(zip(*(part.chunk(len(views)) for part in stacked)))
-    return list(stacked.chunk(len(views)))
+    ``batch_size``, in order: the views stacked into passes of at most ``STACK_VIEWS_UP_TO`` images (at least one
+    view per pass)."""
+    per_pass = max(1, STACK_VIEWS_UP_TO // max(1, batch_size))
+    outputs: list[Any] = []
+    for start in range(0, len(views), per_pass):
+        group = views[start : start + per_pass]
+        if len(group) == 1:
+            outputs.append(forward(group[0].images))
+            continue
+        stacked = forward(torch.cat([view.images for view in group]))
+        if isinstance(stacked, tuple):
+            outputs.extend(zip(*(part.chunk(len(group)) for part in stacked)))
+        else:
+            outputs.extend(stacked.chunk(len(group)))
+    return outputs
 
 
 def tta_logits(model: torch.nn.Module, batch: torch.Tensor, flip_tta: bool, shift_tta: int = 0) -> torch.Tensor:
