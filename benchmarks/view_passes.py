@@ -6,30 +6,33 @@ into passes of at most `augment.STACK_VIEWS_UP_TO` images (the default) against 
     python benchmarks/view_passes.py --batch-sizes 1,10,20,32 --json out.json
 
 Untrained weights (the time does not depend on them), bf16 autocast where `cct predict` uses it, the two ways
-timed interleaved, one call each in turn; prints the median ms per batch of each and their ratio.
+timed interleaved by `cct bench`'s `measure_interleaved` (one call each in turn); prints the median ms per batch
+of each and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from contextlib import nullcontext
+from collections.abc import Callable
 
 import torch
 
 from compact_transformers import augment, create_model
+from compact_transformers.benchmark import measure_interleaved
 from compact_transformers.training.runtime import autocast_dtype, prepare_model, select_device, tune_cpu
 
 
-def time_views(model: torch.nn.Module, batch: torch.Tensor, amp: torch.dtype | None, stack_up_to: int) -> float:
-    augment.STACK_VIEWS_UP_TO = stack_up_to
-    context = torch.autocast(batch.device.type, dtype=amp) if amp is not None else nullcontext()
-    start = time.perf_counter()
-    with torch.no_grad(), context:
-        augment.tta_logits(model, batch, flip_tta=True, shift_tta=1)
-    return time.perf_counter() - start
+def views_step(model: torch.nn.Module, batch: torch.Tensor, amp: torch.dtype | None,
+               stack_up_to: int) -> Callable[[], None]:
+    """One batch's six views through ``model``, stacked into passes of at most ``stack_up_to`` images."""
+
+    def step() -> None:
+        augment.STACK_VIEWS_UP_TO = stack_up_to
+        with torch.no_grad(), torch.autocast(batch.device.type, dtype=amp, enabled=amp is not None):
+            augment.tta_logits(model, batch, flip_tta=True, shift_tta=1)
+
+    return step
 
 
 def main() -> int:
@@ -48,13 +51,10 @@ def main() -> int:
         model = prepare_model(create_model(name, num_classes=10, in_chans=1, img_size=28), device).eval()
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             batch = torch.rand(batch_size, 1, 28, 28, device=device)
-            for stack_up_to in (default, 0):  # warm-up
-                time_views(model, batch, amp, stack_up_to)
-            times: dict[int, list[float]] = {default: [], 0: []}
-            for _ in range(args.repeats):
-                for stack_up_to in times:
-                    times[stack_up_to].append(time_views(model, batch, amp, stack_up_to))
-            stacked, one_by_one = (statistics.median(times[k]) * 1e3 for k in (default, 0))
+            steps = {"stacked": views_step(model, batch, amp, default),
+                     "view by view": views_step(model, batch, amp, 0)}
+            measured = measure_interleaved(steps, device, warmup=2, repeats=args.repeats)
+            stacked, one_by_one = (measured[way].median_s * 1e3 for way in steps)
             rows.append({"model": name, "batch": batch_size, "stacked_ms": round(stacked, 3),
                          "view_by_view_ms": round(one_by_one, 3), "speedup": round(one_by_one / stacked, 2)})
             print(f"{name} batch {batch_size:3d}: six views stacked {stacked:7.2f} ms, view by view "

@@ -32,6 +32,7 @@ def test_every_write_in_the_library_goes_through_atomic_write() -> None:
 def test_atomic_write_replaces_the_file_or_leaves_it_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "report.json"
     atomic_write_text(target, "old")
+
     def disk_full(self: Path, text: str) -> None:
         raise OSError("disk full")
 
@@ -39,7 +40,6 @@ def test_atomic_write_replaces_the_file_or_leaves_it_whole(tmp_path: Path, monke
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temp left
-
 
 
 def test_the_temporary_file_of_a_killed_write_is_removed_and_nothing_else(tmp_path: Path,
