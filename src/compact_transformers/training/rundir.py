@@ -17,6 +17,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 FINAL_FILE = "final.json"
 _RETIRED_FIELDS = ("resume",)  # in config.yaml files of older runs; ignored when read back
+_ADDED_FIELDS = {"length_bucket": 1}  # what runs saved before a field existed did, so that they resume exactly
 
 
 def new_run_dir(config: TrainConfig) -> Path:
@@ -67,6 +68,7 @@ def load_run_config(run_dir: Path) -> TrainConfig:
         if not isinstance(saved, dict):
             raise ConfigError(f"expected a mapping of settings, got {type(saved).__name__}")
         saved = {k: v for k, v in saved.items() if k not in _RETIRED_FIELDS}
+        saved = {**_ADDED_FIELDS, **saved}
         check_field_names(saved, where=str(path))
         return TrainConfig.from_dict(saved)
     except ConfigError as error:  # a damaged run config: the run cannot be resumed or evaluated as it was
