@@ -228,8 +228,8 @@ PROBE_TEXT_BATCHES = 4  # text batches of different lengths the probe times (see
 def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset, probe_steps: int = 10) -> EpochEstimate:
     """Seconds one epoch of ``config`` (training, and a validation pass) will take here: the fastest of a
     few timed training steps (the step the run takes: augmentation, mixing, teacher and all) on each probe
-    batch, averaged over those batches, on a throwaway copy of the model; other load only slows steps down, and the refit after the first epoch corrects an
-    optimistic plan. The global RNG is left untouched."""
+    batch, averaged over the probe batches, on a throwaway copy of the model; other load only slows steps
+    down, and the refit after the first epoch corrects an optimistic plan. The global RNG is left untouched."""
     device = select_device(config.device)
     batches = DeviceBatches(data, config, device, DistInfo())
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
