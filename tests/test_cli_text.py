@@ -89,6 +89,20 @@ def test_a_saved_text_model_predicts_from_its_directory_alone(order_run: Path, t
     assert abs(sum(p["probability"] for p in out[0]["predictions"]) - 1.0) < 1e-4  # 2 classes, top-2
 
 
+def test_a_text_run_without_a_positional_embedding(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = write_word_order_task(tmp_path / "order", train=300, test=60)
+    assert main(["train", "--data", str(data), *TEXT_TRAIN, "--epochs", "1", "--positional-embedding", "none",
+                 "--output", str(tmp_path), "--name", "nope"]) == 0  # fmt: skip
+    run = tmp_path / "nope"
+    assert json.loads((run / "model" / "config.json").read_text())["positional_embedding"] == "none"
+    assert load_run_config(run).positional_embedding == "none"
+    sentence = "the alpha of to beta"
+    alone = predictions(capsys, str(run), sentence, "--fp32")
+    batched = predictions(capsys, str(run), sentence, "a " * 30 + "beta alpha", "--fp32")
+    for a, b in zip(alone[0]["predictions"], batched[0]["predictions"]):  # masks still hide the padding
+        assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
 def test_eval_of_a_text_run(order_run: Path, capsys: pytest.CaptureFixture) -> None:
     capsys.readouterr()
     assert main(["eval", str(order_run), "--json"]) == 0  # the data path comes from the run

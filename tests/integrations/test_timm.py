@@ -184,6 +184,12 @@ def test_timm_student_starts_from_a_run_of_it(timm_run: Path) -> None:
     assert all(torch.equal(tensor, trained[key]) for key, tensor in model.state_dict().items())
 
 
+def test_timm_student_refuses_a_positional_embedding_setting() -> None:
+    config = TrainConfig(model="timm:resnet18", samples_per_class=5, positional_embedding="none")
+    with pytest.raises(ConfigError, match="keeps timm's own positional embedding"):
+        build_student(config, load_training_data(config), (16, 16))
+
+
 def test_unknown_timm_model_exits_2_with_suggestions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--model", "timm:resnet18x", *TINY, "--output", str(tmp_path)]) == 2
     error = capsys.readouterr().err

@@ -186,6 +186,18 @@ def test_pretrained_run_into_larger_images_resizes_positional_embedding(
         assert torch.equal(own[key], source[key]), key
 
 
+def test_positional_embedding_option_overrides_the_preset(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "x", positional_embedding="none")
+    data = build.load_training_data(config)
+    model = build.build_student(config, data, (16, 16))
+    assert model.config.positional_embedding == "none"
+    assert not any("positional" in key for key in model.state_dict())
+    own = build.build_student(config.replace(positional_embedding="model"), data, (16, 16))
+    assert own.config.positional_embedding == "learnable" and "classifier.positional_emb" in own.state_dict()
+    sine = build.build_student(config.replace(positional_embedding="sine"), data, (16, 16))
+    assert sine.config.positional_embedding == "sine"
+
+
 def test_pretrained_with_other_class_count_replaces_head_with_warning(tmp_path: Path) -> None:
     source_model = create_model(MODEL, num_classes=5, in_chans=1, img_size=(16, 16))
     save_model(source_model, tmp_path / "five")

@@ -251,6 +251,14 @@ def test_cli_options_parse_to_fields():
         make_parser().parse_args(["--epochs", "many"])
 
 
+def test_positional_embedding_option_takes_none_as_a_choice_not_as_unset():
+    assert TrainConfig().positional_embedding == "model"  # the preset's own
+    args = make_parser().parse_args(["--positional-embedding", "none"])
+    assert TrainConfig().replace(**explicit_args(args)).positional_embedding == "none"
+    with pytest.raises(ValueError, match="positional_embedding must be one of model, learnable, sine, none"):
+        TrainConfig().replace(positional_embedding="rotary")
+
+
 def test_precedence_recipe_then_yaml_then_cli(tmp_path):
     path = write_yaml(tmp_path, "epochs: 40\nlr: 1e-3\nweight_decay: 0.01\n")
     args = make_parser().parse_args(["--lr", "2e-3", "--no-amp"])

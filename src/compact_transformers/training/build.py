@@ -157,7 +157,7 @@ def build_student(config: TrainConfig, data: ImageDataset | TextDataset, img_siz
             mean=mean,
             std=std,
             extra=extra,
-            **_regularisation(config),
+            **_model_overrides(config),
         )
 
 
@@ -176,6 +176,9 @@ def _build_timm_student(config: TrainConfig, data: ImageDataset, img_size: tuple
     of it. timm models take dropout and stochastic depth rates, but no common attention-dropout setting."""
     from ..integrations.timm import TimmClassifier, TimmConfig  # optional: only timm: students need timm
 
+    if config.positional_embedding != "model":
+        raise ConfigError(f"--positional-embedding {config.positional_embedding}: {config.model} keeps timm's own "
+                          "positional embedding; leave the option out")
     if config.attn_drop:
         logger.info("%s: timm models have no attention dropout setting; attn_drop %g is not applied",
                     config.model, config.attn_drop)
@@ -193,9 +196,11 @@ def _build_timm_student(config: TrainConfig, data: ImageDataset, img_size: tuple
     return model
 
 
-def _regularisation(config: TrainConfig) -> dict[str, float]:
-    """The model's dropout settings that ``config`` sets (the others keep the model's defaults)."""
-    given = (("drop_path", config.drop_path), ("dropout", config.drop), ("attn_dropout", config.attn_drop))
+def _model_overrides(config: TrainConfig) -> dict[str, float | str]:
+    """The preset settings that ``config`` changes: dropout rates and the positional embedding (the others keep
+    the preset's)."""
+    given = (("drop_path", config.drop_path), ("dropout", config.drop), ("attn_dropout", config.attn_drop),
+             ("positional_embedding", None if config.positional_embedding == "model" else config.positional_embedding))
     return {key: value for key, value in given if value is not None}
 
 
@@ -223,7 +228,7 @@ def _build_text_student(config: TrainConfig, data: TextDataset) -> nn.Module:
                    "val_fraction": config.val_fraction, "vocab": data.vocab.to_dict(), "data": config.data,
                    "text_column": config.text_column, "label_column": config.label_column,
                    "trec_fine": config.trec_fine, "embeddings": None if vectors is None else vectors.source},
-            **_regularisation(config),
+            **_model_overrides(config),
         )  # fmt: skip
     if vectors is not None and config.pretrained is None:
         with torch.no_grad():

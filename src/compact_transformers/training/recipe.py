@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..models.config import POSITIONAL_EMBEDDINGS
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class TrainConfig:
     data: str | None = _f(None, "root folder of the dataset files")
     img_size: int | None = _f(None, "input image size in pixels (none = the dataset's native size)")
     num_classes: int | None = _f(None, "number of classes (none = the dataset's)")
+    positional_embedding: str = _f("model", "positional embedding: learnable, sine, none, or model (the model "
+                                   "preset's own)")
     mean: tuple[float, ...] | None = _f(None, "per-channel normalisation mean (none = the dataset's)")
     std: tuple[float, ...] | None = _f(None, "per-channel normalisation std (none = the dataset's)")
     # text (ignored for images)
@@ -284,6 +287,9 @@ def _validate(c: TrainConfig) -> None:
     )
     _check(c.sched in SCHEDULES, f"sched must be one of {', '.join(SCHEDULES)}, got {c.sched!r}")
     _check(c.opt in OPTIMIZERS, f"opt must be one of {', '.join(OPTIMIZERS)}, got {c.opt!r}")
+    pe_choices = ("model", *POSITIONAL_EMBEDDINGS)
+    _check(c.positional_embedding in pe_choices,
+           f"positional_embedding must be one of {', '.join(pe_choices)}, got {c.positional_embedding!r}")
     _check(
         c.interpolation in INTERPOLATIONS,
         f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {c.interpolation!r}",
