@@ -16,7 +16,7 @@ from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
 from . import native
-from .config import ModelConfig
+from .config import POSITIONAL_EMBEDDINGS, ModelConfig
 
 ATTENTION_IMPLS = ("sdpa", "explicit", "auto")
 
@@ -484,7 +484,6 @@ class SeqPool(nn.Linear):
         return (pooled, weights.squeeze(2)) if need_weights else pooled
 
 
-POSITIONAL_EMBEDDINGS = ("learnable", "sine", "none")
 POOLINGS = ("seqpool", "cls")
 
 
