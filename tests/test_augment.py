@@ -434,6 +434,109 @@ def test_word_dropout_replaces_a_share_of_the_tokens_by_unk_reproducibly():
         WordDropout(1.0, unk_id=0)
 
 
+def _text_batch(lengths: list[int], width: int, pad: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids whose token j of text i is 100 * (i + 1) + j: every token says where it came from."""
+    ids = torch.full((len(lengths), width), pad)
+    for i, length in enumerate(lengths):
+        ids[i, :length] = torch.arange(length) + 100 * (i + 1)
+    return ids, torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+
+
+@pytest.mark.parametrize("lam", [0.5, 0.3, 0.81, 0.02])
+def test_text_cutmix_joins_each_opening_to_the_reversed_batchs_with_targets_by_token_share(lam: float) -> None:
+    from compact_transformers.augment import TextCutMix
+
+    lengths, width = [9, 4, 0, 7, 1, 9], 9
+    ids, mask = _text_batch(lengths, width)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    mix = TextCutMix(alpha=1.0, num_classes=4, pad_id=1, label_smoothing=0.0)
+    mixed, mixed_mask, targets = mix.apply(ids, mask, labels, lam)
+    assert mixed.shape == ids.shape and mixed_mask.dtype == torch.bool
+    for i, length in enumerate(lengths):
+        partner = len(lengths) - 1 - i
+        own = round(lam * length)
+        taken = min(round((1 - lam) * lengths[partner]), width - own)
+        expected = ids[i, :own].tolist() + ids[partner, :taken].tolist()
+        n = len(expected)
+        assert mixed[i, :n].tolist() == expected, i
+        assert mixed_mask[i].tolist() == [True] * n + [False] * (width - n)  # right-padded: a valid batch
+        assert (mixed[i, n:] == 1).all()
+        share = own / n if n else 1.0
+        want = torch.zeros(4)
+        want[labels[i]] += share
+        want[labels[partner]] += 1 - share
+        assert torch.allclose(targets[i], want), i
+
+
+def test_text_cutmix_off_or_not_drawn_leaves_the_batch_and_smooths_the_labels() -> None:
+    from compact_transformers.augment import TextCutMix, smooth_one_hot
+
+    ids, mask = _text_batch([5, 3, 4, 2], 5)
+    labels = torch.tensor([0, 1, 2, 0])
+    smoothed = smooth_one_hot(labels, 3, 0.1)
+    for mix in (TextCutMix(alpha=1.0, prob=0.0, label_smoothing=0.1, num_classes=3, pad_id=1),
+                TextCutMix(alpha=0.0, label_smoothing=0.1, num_classes=3, pad_id=1)):
+        out_ids, out_mask, targets = mix(ids, mask, labels)
+        assert mix.last_lam == 1.0 and out_ids is ids and out_mask is mask and torch.allclose(targets, smoothed)
+    mix = TextCutMix(alpha=1.0, label_smoothing=0.1, num_classes=3, pad_id=1)
+    mix.enabled = False
+    assert mix(ids, mask, labels)[0] is ids
+
+
+def test_text_cutmix_draws_from_the_global_generator_so_a_resumed_run_replays_it() -> None:
+    from compact_transformers.augment import TextCutMix
+
+    ids, mask = _text_batch([30, 25, 28, 30], 30)
+    labels = torch.tensor([0, 1, 2, 3])
+    mix = TextCutMix(alpha=1.0, prob=0.5, num_classes=4, pad_id=1)
+    torch.manual_seed(3)
+    first = [mix(ids, mask, labels) for _ in range(20)]
+    lams = []
+    torch.manual_seed(3)
+    for out in first:
+        again = mix(ids, mask, labels)
+        lams.append(mix.last_lam)
+        assert all(torch.equal(a, b) for a, b in zip(out, again))
+    drawn = [lam for lam in lams if lam != 1.0]
+    assert 3 <= len(drawn) <= 17 and all(0 < lam < 1 for lam in drawn)  # about half the batches, Beta(1, 1)
+
+
+def test_a_text_model_reads_a_mixed_text_as_the_same_words_alone() -> None:
+    from compact_transformers.augment import TextCutMix
+    from compact_transformers.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("text_cct_2_1x1", vocab_size=800, word_dim=8, seq_len=16, num_classes=3,
+                         positional_embedding="none").eval()
+    ids, mask = _text_batch([16, 11, 6, 14], 16)
+    ids = ids % 800
+    mixed, mixed_mask, _ = TextCutMix(alpha=1.0, num_classes=3, pad_id=1).apply(ids, mask, torch.tensor([0, 1, 2, 0]),
+                                                                              0.6)  # fmt: skip
+    with torch.no_grad():
+        together = model(mixed, mixed_mask)
+        for i in range(len(mixed)):
+            n = int(mixed_mask[i].sum())
+            alone = model(mixed[i : i + 1, :n], mixed_mask[i : i + 1, :n])
+            assert torch.allclose(together[i], alone[0], atol=1e-5), i
+
+
+def test_text_cutmix_refuses_bad_settings_and_inputs() -> None:
+    from compact_transformers.augment import TextCutMix
+
+    for kwargs, needle in (({"alpha": -1.0}, "alpha"), ({"alpha": 1.0, "prob": 1.5}, "prob"),
+                           ({"alpha": 1.0, "label_smoothing": 1.0}, "label_smoothing")):
+        with pytest.raises(ValueError, match=needle):
+            TextCutMix(num_classes=3, pad_id=1, **kwargs)
+    mix = TextCutMix(alpha=1.0, num_classes=3, pad_id=1)
+    ids, mask = _text_batch([3, 2], 4)
+    with pytest.raises(ValueError, match="mask"):
+        mix(ids, mask.long(), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="ids"):
+        mix(ids.float(), mask, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="labels"):
+        mix(ids, mask, torch.tensor([0, 1, 2]))
+
+
 # ----------------------------------------------------------------------------- waiting for the device
 
 
@@ -443,7 +546,7 @@ def test_augmenting_and_mixing_on_a_device_never_wait_for_it(channels: int) -> N
     is read back: on a GPU each wait would leave it idle (the meta device shows every copy and read)."""
     from device_waits import DeviceWaits
 
-    from compact_transformers.augment import WordDropout
+    from compact_transformers.augment import TextCutMix, WordDropout
 
     augment = TrainAugment(config(channels, translate=2, reprob=0.5, randaugment="rand-m9-mstd0.5-inc1-n3"))
     mix = MixupCutmix(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1,
@@ -454,7 +557,12 @@ def test_augmenting_and_mixing_on_a_device_never_wait_for_it(channels: int) -> N
         for _ in range(4):  # mixup and cutmix both drawn, every RandAugment op kind in some sample
             mixed, targets = mix(augment(images), labels)
         dropped = WordDropout(0.1, unk_id=0)(torch.empty(8, 20, dtype=torch.long, device="meta"))
-    assert mixed.device.type == targets.device.type == dropped.device.type == "meta"
+        text_mix = TextCutMix(alpha=1.0, num_classes=10, pad_id=1)
+        for _ in range(4):
+            joined, _, text_targets = text_mix(dropped, torch.empty(8, 20, dtype=torch.bool, device="meta"),
+                                               labels[:8])  # fmt: skip
+    assert mixed.device.type == targets.device.type == dropped.device.type == joined.device.type == "meta"
+    assert text_targets.device.type == "meta"
     assert seen.waits == []
 
 

@@ -118,9 +118,12 @@ def test_info_counts_text_models_without_their_embedding(capsys: pytest.CaptureF
     assert row["params"] == 237_701 and row["embedding_params"] == 100_000 * 300  # paper: 0.238M
 
 
-def test_resume_of_an_interrupted_text_run_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mixing", [[], ["--cutmix", "1", "--mixup-prob", "0.5", "--positional-embedding", "none"]],
+                         ids=["plain", "cutmix"])
+def test_resume_of_an_interrupted_text_run_is_bit_identical(mixing: list[str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_word_order_task(tmp_path / "order", train=300, test=60)
-    argv = ["train", "--data", str(data), *TEXT_TRAIN, "--epochs", "2", "--output", str(tmp_path / "runs")]
+    argv = ["train", "--data", str(data), *TEXT_TRAIN, *mixing, "--epochs", "2", "--output", str(tmp_path / "runs")]
     assert main([*argv, "--name", "whole"]) == 0
     with monkeypatch.context() as patch:
         interrupt_at_step(patch, 6)  # mid-way through epoch 2 (4 steps of 64 per epoch)
@@ -133,6 +136,7 @@ def test_resume_of_an_interrupted_text_run_is_bit_identical(tmp_path: Path, monk
         assert (split / name).read_bytes() == (whole / name).read_bytes(), name
     strip = lambda records: [{k: v for k, v in r.items() if k not in ("seq_per_s", "epoch_seconds")} for r in records]  # noqa: E731
     assert strip(read_history(split)) == strip(read_history(whole))
+    assert load_run_config(whole).cutmix == (1.0 if mixing else 0.0)
 
 
 def test_a_time_limited_text_run_plans_and_finishes(tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ turns it into a normalized float batch, with fresh random parameters for every s
     normalize, random erasing ("pixel")
     MixupCutmix (per batch) + label smoothing -> soft targets
 
+Text batches (token ids with a padding mask) get WordDropout and TextCutMix (the opening of each text joined to
+another's, the targets mixed by their share of the tokens).
+
 Every random number that decides *what* happens comes from torch's global CPU generator, so
 restoring `torch.get_rng_state()` replays the same augmentation. The only tensors drawn on the
 input's device are the random-erasing noise pixels (the CUDA generator on a GPU).
@@ -809,3 +812,75 @@ class WordDropout(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, unk_id={self.unk_id}"
+
+
+# -----------------------------------------------------------------------------
+# Text: CutMix along the sequence
+
+
+class TextCutMix:
+    """CutMix for right-padded token ids (B, L): with probability ``prob`` a batch is mixed with the reversed
+    batch. With ``lam ~ Beta(alpha, alpha)`` drawn per batch, each text keeps its first ``round(lam * length)``
+    tokens and is followed by the first ``round((1 - lam) * length)`` tokens of its partner (openings, since an
+    article's opening is its best evidence); its target is the two smoothed labels weighted by their share of
+    the tokens it now holds. The result is right-padded again with ``pad_id`` and no longer than the input.
+
+    Made for topic-like tasks that a text's words decide wherever they stand (best with
+    ``--positional-embedding none``); order-dependent tasks lose the order across the joint. Draws from torch's
+    global CPU generator, so a resumed run replays it. Set ``enabled = False`` to switch mixing off.
+    """
+
+    def __init__(self, *, alpha: float, prob: float = 1.0, label_smoothing: float = 0.0, num_classes: int,
+                 pad_id: int) -> None:
+        if alpha < 0:
+            raise ConfigError(f"cutmix alpha must be >= 0, got {alpha}")
+        if not 0 <= prob <= 1:
+            raise ConfigError(f"prob must be a probability in [0, 1], got {prob}")
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.cutmix_alpha, self.prob, self.label_smoothing = alpha, prob, label_smoothing
+        self.num_classes, self.pad_id = num_classes, pad_id
+        self.enabled = True
+        self.last_lam = 1.0
+
+    def sample(self) -> float:
+        """This batch's share of each text's own tokens (1.0: not mixed)."""
+        if not self.enabled or self.cutmix_alpha == 0 or torch.rand(()).item() >= self.prob:
+            return 1.0
+        alpha = torch.tensor(self.cutmix_alpha)
+        return float(torch.distributions.Beta(alpha, alpha, validate_args=False).sample())
+
+    def apply(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+              lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Join each text's opening to the reversed batch's as described by ``lam``; returns (ids, mask, soft
+        targets)."""
+        targets = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
+        if lam == 1.0:
+            return ids, mask, targets
+        width = ids.shape[1]
+        lengths = mask.sum(dim=1)
+        own = (lam * lengths).round().long()
+        taken = torch.minimum(((1.0 - lam) * lengths.flip(0)).round().long(), width - own)
+        total = own + taken
+        position = torch.arange(width, device=ids.device)[None, :]
+        from_own = position < own[:, None]
+        index = torch.arange(len(ids), device=ids.device)[:, None]
+        rows = torch.where(from_own, index, len(ids) - 1 - index)
+        columns = torch.where(from_own, position, (position - own[:, None]).clamp(min=0))
+        mixed_mask = position < total[:, None]
+        mixed_ids = torch.where(mixed_mask, ids[rows, columns], torch.full_like(ids, self.pad_id))
+        weight = torch.where(total > 0, own / total.clamp(min=1), 1.0).to(targets.dtype)[:, None]
+        return mixed_ids, mixed_mask, weight * targets + (1.0 - weight) * targets.flip(0)
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
+            raise ValueError(f"ids must be an integer tensor (B, L), got {_describe(ids)}")
+        if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(ids.shape)}, got {_describe(mask)}")
+        if not isinstance(labels, torch.Tensor) or labels.shape != ids.shape[:1]:
+            raise ValueError(f"labels must be a tensor of shape ({ids.shape[0]},), got {_describe(labels)}")
+        self.last_lam = self.sample()
+        return self.apply(ids, mask, labels, self.last_lam)

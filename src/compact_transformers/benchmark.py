@@ -642,7 +642,7 @@ def build_train_parts(spec: ModelSpec, variant: Variant, batch_size: int, device
         augment = TrainAugment(make_augment_config(recipe, spec.img_size, model.config.mean, model.config.std))
     tools = build_step_tools(
         model, recipe, num_classes=model.config.num_classes, steps_per_epoch=1000, amp_dtype=dtype,
-        augment=augment, channels_last=variant.channels_last, optimizer=optimizer,
+        augment=augment, text=spec.is_text, channels_last=variant.channels_last, optimizer=optimizer,
         optimizer_kernel="fastest" if variant.recipe_optimizer else "plain",
     )  # fmt: skip
     inputs = spec.example(batch_size, device, uint8=True)
@@ -725,8 +725,8 @@ def step_settings(model: torch.nn.Module, tools: StepTools) -> dict:
         "augment": None if augment is None else type(augment).__name__,
         "augment_config": ({k: v for k, v in asdict(augment.config).items() if k not in ("mean", "std")}
                            if hasattr(augment, "config") else getattr(augment, "p", None)),
-        "mixer": None if mixer is None else {k: getattr(mixer, k) for k in (
-            "mixup_alpha", "cutmix_alpha", "prob", "switch_prob", "label_smoothing", "enabled")},
+        "mixer": None if mixer is None else {"kind": type(mixer).__name__, **{k: getattr(mixer, k, None) for k in (
+            "mixup_alpha", "cutmix_alpha", "prob", "switch_prob", "label_smoothing", "enabled")}},
         "teacher": tools.teacher is not None, "ema": tools.ema is not None, "clip_grad": tools.clip_grad,
     }  # fmt: skip
     return json.loads(json.dumps(settings, default=str))  # tuples -> lists

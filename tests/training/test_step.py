@@ -69,6 +69,27 @@ def test_a_text_batch_with_a_mask_goes_through_the_same_step() -> None:
     assert tools.mixer is None  # no mixing of token ids
 
 
+def test_text_cutmix_is_the_text_steps_mixer_and_mixes_its_targets() -> None:
+    from compact_transformers.augment import TextCutMix
+
+    torch.manual_seed(0)
+    model = create_model("text_cct_2_1x1", vocab_size=40, word_dim=16, seq_len=12, num_classes=3,
+                         positional_embedding="none")  # fmt: skip
+    config = TrainConfig(mixup=0.8, cutmix=1.0, mixup_prob=1.0, smoothing=0.0)
+    tools = build_step_tools(model, config, num_classes=3, steps_per_epoch=10, augment=WordDropout(0.1, 0), text=True)
+    assert isinstance(tools.mixer, TextCutMix) and tools.mixer.cutmix_alpha == 1.0  # mixup has no text meaning
+    assert build_step_tools(model, config.replace(cutmix=0.0), num_classes=3, steps_per_epoch=10, augment=None,
+                            text=True).mixer is None  # fmt: skip
+    seen = []
+    tools.criterion.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    ids = torch.randint(2, 40, (6, 12))
+    batch = Batch(ids, torch.tensor([0, 1, 2, 0, 1, 2]), torch.ones(6, 12, dtype=torch.bool))
+    for step in range(3):
+        assert train_step(model, batch, tools, step).loss.isfinite()
+    mixed = [t for t in seen if (t.max(dim=1).values < 1).any()]
+    assert len(mixed) >= 2 and all(torch.allclose(t.sum(dim=1), torch.ones(6)) for t in seen)
+
+
 def test_mixing_switched_off_gives_smoothed_one_hot_targets() -> None:
     torch.manual_seed(0)
     model = create_model("cct_2_3x2_32", img_size=16, in_chans=1, num_classes=4)
@@ -140,8 +161,9 @@ def test_the_training_step_never_waits_for_the_device() -> None:
     # the plain optimizer: fused AdamW refuses meta tensors (on a GPU it reads nothing back either)
     tools = build_step_tools(model, config, num_classes=4, steps_per_epoch=10, augment=augment,
                              optimizer_kernel="plain")  # fmt: skip
-    text_tools = build_step_tools(text_model, apply_recipe(TrainConfig(), "text", epochs=50), num_classes=3,
-                                  steps_per_epoch=10, augment=WordDropout(0.1, 0), optimizer_kernel="plain")
+    text_tools = build_step_tools(text_model, apply_recipe(TrainConfig(), "text", epochs=50).replace(cutmix=1.0),
+                                  num_classes=3, steps_per_epoch=10, augment=WordDropout(0.1, 0), text=True,
+                                  optimizer_kernel="plain")  # fmt: skip
     images = Batch(torch.empty(8, 1, 16, 16, dtype=torch.uint8, device="meta"),
                    torch.empty(8, dtype=torch.long, device="meta"))  # fmt: skip
     texts = Batch(torch.empty(8, 12, dtype=torch.long, device="meta"), torch.empty(8, dtype=torch.long, device="meta"),

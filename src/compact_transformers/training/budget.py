@@ -237,7 +237,8 @@ def estimate_epoch_seconds(config: TrainConfig, data: ImageDataset | TextDataset
         augment, _ = transforms(config, data, model)
         teacher = load_teacher(config.teacher, device) if config.teacher else None
         tools = build_step_tools(model, config, num_classes=data.num_classes, steps_per_epoch=batches.steps_per_epoch,
-                                 augment=augment, teacher=teacher, amp_dtype=autocast_dtype(device, config.amp))
+                                 augment=augment, text=isinstance(data, TextDataset), teacher=teacher,
+                                 amp_dtype=autocast_dtype(device, config.amp))
         probe = batches.probe_batches(PROBE_TEXT_BATCHES)
         model.train()
         for step in range(WARMUP_STEPS):

@@ -118,7 +118,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo, run_dir: P
     amp_dtype = autocast_dtype(device, config.amp)
     tools = build_step_tools(model, global_config, num_classes=data.num_classes, teacher=teacher,
                              steps_per_epoch=batches.steps_per_epoch, augment=augment,
-                             amp_dtype=amp_dtype)  # fmt: skip
+                             text=isinstance(data, TextDataset), amp_dtype=amp_dtype)  # fmt: skip
     train_model: nn.Module = model
     if info.enabled:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -88,7 +88,8 @@ class TrainConfig:
     clip_grad: float | None = _f(None, "clip the gradient norm to this value (none = no clipping)")
     # augmentation
     mixup: float = _f(0.8, "mixup alpha (0 = off)")
-    cutmix: float = _f(1.0, "cutmix alpha (0 = off)")
+    cutmix: float = _f(1.0, "cutmix alpha (0 = off); text: the opening of each training text is joined to the "
+                             "opening of another, the label mixed by their share of the tokens (off in the text recipe)")
     mixup_prob: float = _f(1.0, "probability of applying mixup or cutmix to a batch")
     mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup when both are on")
     mixup_off_epoch: int = _f(0, "epoch index at which mixup and cutmix stop (0 = never)")
@@ -482,9 +483,8 @@ def explicit_args(args: argparse.Namespace) -> dict[str, Any]:
 # Options that mean something for one kind of data only
 TEXT_OPTIONS = ("seq_len", "min_freq", "max_vocab", "embeddings", "train_embeddings", "word_dropout", "length_bucket",
                 "text_column", "label_column", "trec_fine")  # fmt: skip
-IMAGE_OPTIONS = ("img_size", "mean", "std", "aa", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob",
-                 "mixup_off_epoch", "reprob", "scale", "ratio", "hflip", "translate", "interpolation", "flip_tta",
-                 "shift_tta", "teacher", "distill_alpha")  # fmt: skip
+IMAGE_OPTIONS = ("img_size", "mean", "std", "aa", "mixup", "mixup_switch_prob", "reprob", "scale", "ratio", "hflip",
+                 "translate", "interpolation", "flip_tta", "shift_tta", "teacher", "distill_alpha")  # fmt: skip
 
 
 def check_options_fit_data(given: dict[str, Any], *, text: bool, data: str) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..augment import MixupCutmix, TrainAugment, smooth_one_hot
+from ..augment import MixupCutmix, TextCutMix, TrainAugment, smooth_one_hot
+from ..data.text import PAD
 from .losses import DistillationLoss, SoftTargetCrossEntropy
 from .optim import build_optimizer
 from .recipe import TrainConfig
@@ -62,7 +63,7 @@ class StepTools:
     num_classes: int
     smoothing: float
     augment: nn.Module | None = None  # uint8 images -> normalised floats; None: inputs as they are
-    mixer: MixupCutmix | None = None  # Mixup/CutMix; `mixer.enabled = False` switches it off
+    mixer: MixupCutmix | TextCutMix | None = None  # Mixup/CutMix; `mixer.enabled = False` switches it off
     teacher: nn.Module | None = None  # hard distillation
     ema: nn.Module | None = None
     ema_decay: float = 0.9998
@@ -79,18 +80,23 @@ class StepOutput:
 
 
 def build_step_tools(model: nn.Module, config: TrainConfig, *, num_classes: int, steps_per_epoch: int,
-                     augment: nn.Module | None, teacher: nn.Module | None = None,
+                     augment: nn.Module | None, text: bool = False, teacher: nn.Module | None = None,
                      amp_dtype: torch.dtype | None = None, channels_last: bool = True,
                      optimizer: torch.optim.Optimizer | None = None, optimizer_kernel: str = "fastest") -> StepTools:
     """The optimizer, schedule, loss, mixing and EMA of ``config`` for ``model`` (``config.batch_size`` is
-    the global batch that the learning rate scales with). ``augment=None`` for inputs that need none (text);
-    ``optimizer``: one built elsewhere (default: ``config``'s, with ``optimizer_kernel``)."""
+    the global batch that the learning rate scales with). ``augment=None`` for inputs that need none;
+    ``text``: batches of token ids (mixed by :class:`TextCutMix` when ``config.cutmix`` is on; Mixup is for
+    images only); ``optimizer``: one built elsewhere (default: ``config``'s, with ``optimizer_kernel``)."""
     optimizer = optimizer if optimizer is not None else build_optimizer(model, config, kernel=optimizer_kernel)
-    mixes = isinstance(augment, TrainAugment) and (config.mixup > 0 or config.cutmix > 0)  # images only
-    mixer = MixupCutmix(
-        mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-        switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing, num_classes=num_classes,
-    ) if mixes else None  # fmt: skip
+    mixer: MixupCutmix | TextCutMix | None = None
+    if text and config.cutmix > 0:
+        mixer = TextCutMix(alpha=config.cutmix, prob=config.mixup_prob, label_smoothing=config.smoothing,
+                           num_classes=num_classes, pad_id=PAD)
+    elif isinstance(augment, TrainAugment) and (config.mixup > 0 or config.cutmix > 0):
+        mixer = MixupCutmix(
+            mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+            switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing, num_classes=num_classes,
+        )  # fmt: skip
     criterion: nn.Module = SoftTargetCrossEntropy()
     if teacher is not None:
         criterion = DistillationLoss(criterion, config.distill_alpha)
@@ -106,13 +112,15 @@ def build_step_tools(model: nn.Module, config: TrainConfig, *, num_classes: int,
 
 def train_step(model: nn.Module, batch: Batch, tools: StepTools, step: int) -> StepOutput:
     """One optimizer step on ``batch``; ``step`` is the global step index that sets the learning rate."""
-    inputs = batch.inputs if tools.augment is None else tools.augment(batch.inputs)
-    if tools.mixer is not None:
-        inputs, targets = tools.mixer(inputs, batch.labels)
-    else:
+    inputs, mask = batch.inputs if tools.augment is None else tools.augment(batch.inputs), batch.mask
+    if tools.mixer is None:
         targets = smooth_one_hot(batch.labels, tools.num_classes, tools.smoothing)
+    elif isinstance(tools.mixer, TextCutMix):
+        inputs, mask, targets = tools.mixer(inputs, mask, batch.labels)
+    else:
+        inputs, targets = tools.mixer(inputs, batch.labels)
     inputs = prepare_input(inputs, channels_last=tools.channels_last)
-    extra = () if batch.mask is None else (batch.mask,)
+    extra = () if mask is None else (mask,)
     lr = tools.schedule.step(step)
     with _autocast(inputs.device.type, tools.amp_dtype):
         logits = model(inputs, *extra).float()
