@@ -711,6 +711,17 @@ def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.
     return targets.scatter_(1, labels.long().view(-1, 1), 1.0 - smoothing + off)
 
 
+def _check_mixing(*, probabilities: dict[str, float], label_smoothing: float, num_classes: int) -> None:
+    """The settings every mixer shares: probabilities in [0, 1], smoothing in [0, 1), a positive class count."""
+    for name, p in probabilities.items():
+        if not 0 <= p <= 1:
+            raise ConfigError(f"{name} must be a probability in [0, 1], got {p}")
+    if not 0 <= label_smoothing < 1:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
 @dataclass(frozen=True)
 class MixParams:
     """What one MixupCutmix call did: lam = weight of the original batch (after box correction)."""
@@ -737,13 +748,8 @@ class MixupCutmix:
     ):
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ConfigError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
-        for name, p in (("prob", prob), ("switch_prob", switch_prob)):
-            if not 0 <= p <= 1:
-                raise ConfigError(f"{name} must be a probability in [0, 1], got {p}")
-        if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
+        _check_mixing(probabilities={"prob": prob, "switch_prob": switch_prob}, label_smoothing=label_smoothing,
+                      num_classes=num_classes)
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.prob, self.switch_prob = prob, switch_prob
         self.label_smoothing, self.num_classes = label_smoothing, num_classes
@@ -834,12 +840,7 @@ class TextCutMix:
                  pad_id: int) -> None:
         if alpha < 0:
             raise ConfigError(f"cutmix alpha must be >= 0, got {alpha}")
-        if not 0 <= prob <= 1:
-            raise ConfigError(f"prob must be a probability in [0, 1], got {prob}")
-        if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
+        _check_mixing(probabilities={"prob": prob}, label_smoothing=label_smoothing, num_classes=num_classes)
         self.cutmix_alpha, self.prob, self.label_smoothing = alpha, prob, label_smoothing
         self.num_classes, self.pad_id = num_classes, pad_id
         self.enabled = True
